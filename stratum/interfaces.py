@@ -39,3 +39,13 @@ class ShareHasher(Protocol):
     name: str
 
     def hash_batch(self, job: Job, subs: Sequence[Submission]) -> list[ShareResult]: ...
+
+
+class ShareSink(Protocol):
+    """Takes each share that met its target; returns only once the share is durable.
+
+    The `true` reply goes to the miner after this returns (no acknowledged share is ever lost).
+    Block candidates (`result.meets_network`) are submitted by the sink as well.
+    """
+    async def accept(self, account: Account, peer: Peer, extranonce1: bytes, job_id: str,
+                     job: Job, sub: Submission, difficulty: float, result: ShareResult) -> None: ...
