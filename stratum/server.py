@@ -263,8 +263,7 @@ class Connection(asyncio.Protocol):
         self.paused_until = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         srv = self.server
         peername = transport.get_extra_info("peername") or ("?", 0)
         now = time.monotonic()

@@ -268,8 +268,10 @@ class Session:
         events: list[Event] = self._reply(request.msg_id, True)
         if self.state == State.SUBSCRIBED:
             self.state = State.AUTHORIZED
-            if self.jobs.current is not None:
-                events.append(Send(self._job_bytes(self.jobs.current, self._encode_notify(self.jobs.current))))
+            job = self.jobs.current
+            if job is not None:
+                self.vardiff.set_network_ceiling(difficulty_for_target(job.network_target))
+                events.append(Send(self._job_bytes(job, self._encode_notify(job))))
         return events
 
     def _on_submit(self, req: Request, now: float) -> list[Event]:
@@ -297,6 +299,7 @@ class Session:
         """Bytes to write for a broadcast job (`notify` is serialised once for all sessions)."""
         if self.state != State.AUTHORIZED or self.closed:
             return None
+        self.vardiff.set_network_ceiling(difficulty_for_target(job.network_target))
         if job.clean_jobs:
             self._job_difficulty = {k: v for k, v in self._job_difficulty.items()
                                     if self._job_alias.get(k, k) in self.jobs}

@@ -1,0 +1,84 @@
+"""The `kzpool` command: run the pool, and the operator's subcommands."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _install_event_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import PoolApp
+    from .logsetup import setup_logging
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(f"kzpool: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log.level, cfg.log.format)
+    _install_event_loop()
+    asyncio.run(PoolApp(cfg).run_until_signal())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import redacted
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(f"kzpool: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(redacted(cfg), indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "hashing":
+        from .bench_hashing import main as bench_main
+        return bench_main(args.rest)
+    print(f"kzpool: unknown benchmark {args.what!r}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kzpool", description="Bitcoin Stratum V1 pool server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (default: the embedded demo default)")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config key; the value is parsed as TOML")
+
+    run = sub.add_parser("run", help="run the pool")
+    config_args(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    config_args(check)
+    check.set_defaults(func=cmd_config_check)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
+    bench.add_argument("what", choices=["hashing"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One typed, frozen config object, built once at start from TOML plus `--set section.key=value`.
+
+The dataclass defaults ARE the embedded demo default (config/demo.toml spells them out, and a test
+keeps the two equal). Unknown keys fail at start with the key's name; a value of the wrong type
+fails with the key and the expected type. Secrets may come from the environment instead of the file.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    port: int
+    host: str = ""                      # empty: the [stratum] host
+    start_difficulty: float = 0.001
+    min_difficulty: float = 1e-8        # CPU and hobby miners may go this low, per port
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StratumConfig:
+    host: str = "0.0.0.0"
+    port: int = 3333
+    # A 2-core CPU miner does a few MH/s: difficulty 0.001 (~4.3 M hashes) is met in about a second.
+    start_difficulty: float = 0.001
+    min_difficulty: float = 1e-8
+    max_difficulty: float = 1e15
+    extranonce1_size: int = 4
+    extranonce2_size: int = 8
+    version_mask: str = "1fffe000"      # BIP320 general-purpose bits
+    target_share_s: float = 10.0        # vardiff: seconds per share per connection
+    retarget_s: float = 60.0
+    vardiff_hysteresis: float = 0.25
+    decline_after_s: float = 60.0       # a quiet miner is lowered after this long
+    ntime_future_s: int = 7000
+    max_line_bytes: int = 16 * 1024
+    max_workers_per_connection: int = 256
+    max_sessions: int = 100_000
+    idle_timeout_s: float = 600.0
+    send_stall_timeout_s: float = 30.0
+    cost_soft_limit: float = 50.0
+    cost_hard_limit: float = 200.0
+    cost_half_life_s: float = 60.0
+    shutdown_timeout_s: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    extra_ports: tuple[PortConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    source: str = "simnet"              # simnet | bitcoind
+    rpc_urls: tuple[str, ...] = ("http://127.0.0.1:8332",)
+    rpc_cookie_file: str = ""
+    rpc_user: str = ""
+    rpc_password: str = ""              # or KZPOOL_RPC_PASSWORD in the environment
+    rpc_timeout_s: float = 30.0
+    zmq_hashblock: str = ""
+    poll_interval_s: float = 0.2
+    refresh_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimnetConfig:
+    # Easy enough that a 2-core CPU miner finds a block every minute or so.
+    bits: str = "1d0fffff"        # target 2**228: ~2.7e8 hashes, about a minute at a few MH/s
+    refresh_s: float = 30.0
+    transactions: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    network: str = "regtest"            # mainnet | testnet | testnet4 | signet | regtest
+
+
+@dataclass(frozen=True, slots=True)
+class CoinbaseConfig:
+    # The demo pays to a well-known regtest address; production must set its own.
+    payout_address: str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+    payout_script_hex: str = ""
+    tag: str = "/kzpool/"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///./var/kzpool.sqlite3"
+    spill_path: str = "./var/share-spill.log"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # "demo": login `demo` (workers demo.<anything>) from loopback only. Production names its own.
+    authorizer: str = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "kv"                  # kv | json
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    mode: str = "demo"                  # demo | production
+    stratum: StratumConfig = field(default_factory=StratumConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    simnet: SimnetConfig = field(default_factory=SimnetConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    coinbase: CoinbaseConfig = field(default_factory=CoinbaseConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> "PoolConfig":
+        choices = {"mode": (self.mode, {"demo", "production"}),
+                   "node.source": (self.node.source, {"simnet", "bitcoind"}),
+                   "chain.network": (self.chain.network, {"mainnet", "testnet", "testnet4", "signet", "regtest"}),
+                   "auth.authorizer": (self.auth.authorizer, {"demo"}),
+                   "log.format": (self.log.format, {"kv", "json"})}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key} = {value!r}: expected one of {sorted(allowed)}")
+        s = self.stratum
+        if not 0 < s.min_difficulty <= s.start_difficulty <= s.max_difficulty:
+            raise ConfigError("stratum: need 0 < min_difficulty <= start_difficulty <= max_difficulty")
+        if not 2 <= s.extranonce1_size <= 8 or not 2 <= s.extranonce2_size <= 16:
+            raise ConfigError("stratum.extranonce1_size must be 2..8 and extranonce2_size 2..16")
+        try:
+            int(s.version_mask, 16)
+            int(self.simnet.bits, 16)
+        except ValueError:
+            raise ConfigError("stratum.version_mask and simnet.bits must be hex") from None
+        if bool(s.tls_cert) != bool(s.tls_key):
+            raise ConfigError("stratum.tls_cert and stratum.tls_key go together")
+        if self.mode == "production" and self.auth.authorizer == "demo":
+            raise ConfigError("auth.authorizer = 'demo' is not allowed in production mode")
+        if self.node.source == "bitcoind" and not self.node.rpc_urls:
+            raise ConfigError("node.rpc_urls must list at least one node when node.source = 'bitcoind'")
+        return self
+
+
+def _convert(value: Any, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return _build(kind, value, key)
+    if origin is tuple:
+        inner = typing.get_args(kind)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array")
+        return tuple(_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__}")
+        return value
+    if kind in (str, bool):
+        if not isinstance(value, kind):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {kind}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'")
+        kwargs[key] = _convert(value, hints[key], full)
+    missing = [f.name for f in fields(cls) if f.name not in kwargs
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"{prefix or 'config'}: missing key '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw      # a bare word is taken as a string: --set node.source=bitcoind
+    *path, last = key.strip().split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[last] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                environ: dict[str, str] | None = None) -> PoolConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    cfg: PoolConfig = _build(PoolConfig, data, "")
+    env = os.environ if environ is None else environ
+    if env.get("KZPOOL_RPC_PASSWORD") and not cfg.node.rpc_password:
+        cfg = replace(cfg, node=replace(cfg.node, rpc_password=env["KZPOOL_RPC_PASSWORD"]))
+    return cfg.validate()
+
+
+def redacted(cfg: PoolConfig) -> dict[str, Any]:
+    """The effective configuration for logs and the audit log, with secrets blanked."""
+    def walk(obj: Any) -> Any:
+        if is_dataclass(obj):
+            out = {}
+            for f in fields(obj):
+                value = getattr(obj, f.name)
+                secret = any(w in f.name for w in ("password", "secret", "cookie", "key"))
+                out[f.name] = "***" if secret and value else walk(value)
+            return out
+        if isinstance(obj, tuple):
+            return [walk(v) for v in obj]
+        return obj
+    return walk(cfg)
+
+
