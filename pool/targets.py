@@ -72,8 +72,8 @@ def nbits_from_target(target: int) -> int:
 
 def difficulty_to_target(difficulty: Difficulty) -> int:
     """Share target for a pool difficulty: floor(DIFF1 / difficulty), clamped to 2**256-1."""
-    if isinstance(difficulty, bool):
-        raise TargetError("difficulty must be a number, not a bool")
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float, Fraction, Decimal)):
+        raise TargetError(f"difficulty must be a number, got {type(difficulty).__name__}")
     if isinstance(difficulty, int):
         if difficulty <= 0:
             raise TargetError(f"difficulty must be positive, got {difficulty}")
