@@ -1,0 +1,662 @@
+/* pool._kzhash: C-accelerated double SHA-256, merkle folding and batched share validation.
+ *
+ * Python-facing layer only: it checks every argument (type, length, range), copies what it needs
+ * into C memory while it holds the GIL, then hashes with the GIL released (csrc/share.c) and builds
+ * the results. Bad input raises TypeError or ValueError; nothing is read outside a checked buffer.
+ *
+ * Integers for header fields (version, ntime, nbits, nonce) are masked to 32 bits, exactly as the
+ * pure-Python reference pool.hashing.build_header does, so both paths agree on every int.
+ * Targets are 256-bit little-endian: a non-negative int (values >= 2**256 saturate, which compares
+ * the same as the int) or 32 bytes in little-endian order.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "csrc/sha256.h"
+#include "csrc/share.h"
+
+/* One call handles at most this many submissions / headers: bounds the memory a single call can
+ * allocate (about 100 bytes per share) and a miner-facing batch is far smaller. */
+#define KZ_MAX_BATCH (1 << 20)
+/* No coinbase part can exceed a block (4 MB of weight); refuse larger before allocating. */
+#define KZ_MAX_PART_BYTES 4000000
+/* Above this many bytes dsha256() releases the GIL; below it the release costs more than it frees. */
+#define KZ_NOGIL_BYTES 65536
+
+/* ---------- growable byte arena: every variable-length input is copied here ---------- */
+
+typedef struct {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+} arena_t;
+
+static void arena_free(arena_t *a)
+{
+    free(a->data);
+    a->data = NULL;
+    a->len = a->cap = 0;
+}
+
+/* Append and return the offset, or (size_t)-1 with MemoryError set. Offsets, not pointers,
+ * because a later append may move the buffer. */
+static size_t arena_append(arena_t *a, const void *src, size_t n)
+{
+    if (a->cap - a->len < n) {
+        size_t want = a->cap ? a->cap : 256;
+        while (want - a->len < n) {
+            if (want > ((size_t)PY_SSIZE_T_MAX) / 2) {
+                PyErr_NoMemory();
+                return (size_t)-1;
+            }
+            want *= 2;
+        }
+        uint8_t *grown = realloc(a->data, want);
+        if (!grown) {
+            PyErr_NoMemory();
+            return (size_t)-1;
+        }
+        a->data = grown;
+        a->cap = want;
+    }
+    size_t off = a->len;
+    if (n)
+        memcpy(a->data + off, src, n);
+    a->len += n;
+    return off;
+}
+
+/* ---------- argument conversion ---------- */
+
+/* Copy a bytes-like object into the arena; length must be within [min_len, max_len]. */
+static int copy_bytes_arg(PyObject *obj, const char *what, Py_ssize_t min_len, Py_ssize_t max_len,
+                          arena_t *arena, size_t *offset, size_t *length)
+{
+    const char *src;
+    Py_ssize_t n;
+    Py_buffer view;
+    int have_view = 0;
+
+    if (PyBytes_Check(obj)) {
+        src = PyBytes_AS_STRING(obj);
+        n = PyBytes_GET_SIZE(obj);
+    } else {
+        if (PyUnicode_Check(obj) || PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) != 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object, not %.100s", what,
+                         Py_TYPE(obj)->tp_name);
+            return -1;
+        }
+        have_view = 1;
+        src = view.buf;
+        n = view.len;
+    }
+    int rc = 0;
+    if (n < min_len || n > max_len) {
+        if (min_len == max_len)
+            PyErr_Format(PyExc_ValueError, "%s must be %zd bytes, got %zd", what, min_len, n);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must be %zd..%zd bytes, got %zd", what, min_len,
+                         max_len, n);
+        rc = -1;
+    } else {
+        *offset = arena_append(arena, src, (size_t)n);
+        *length = (size_t)n;
+        if (*offset == (size_t)-1)
+            rc = -1;
+    }
+    if (have_view)
+        PyBuffer_Release(&view);
+    return rc;
+}
+
+/* Copy a bytes-like object of exactly `len` bytes into a fixed C array. */
+static int copy_fixed(PyObject *obj, const char *what, uint8_t *out, Py_ssize_t len)
+{
+    if (PyBytes_Check(obj)) {
+        if (PyBytes_GET_SIZE(obj) != len) {
+            PyErr_Format(PyExc_ValueError, "%s must be %zd bytes, got %zd", what, len,
+                         PyBytes_GET_SIZE(obj));
+            return -1;
+        }
+        memcpy(out, PyBytes_AS_STRING(obj), (size_t)len);
+        return 0;
+    }
+    Py_buffer view;
+    if (PyUnicode_Check(obj) || PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a bytes-like object, not %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int rc = 0;
+    if (view.len != len) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd bytes, got %zd", what, len, view.len);
+        rc = -1;
+    } else {
+        memcpy(out, view.buf, (size_t)len);
+    }
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+/* A header field: any int, masked to 32 bits like pool.hashing.build_header. */
+static int u32_arg(PyObject *obj, const char *what, uint32_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLongMask(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* A target: non-negative int (saturating at 2**256 - 1) or 32 little-endian bytes. */
+static int target_arg(PyObject *obj, const char *what, uint8_t out[32])
+{
+    if (!PyLong_Check(obj))
+        return copy_fixed(obj, what, out, 32);
+#if PY_VERSION_HEX >= 0x030E0000
+    int sign;
+    if (PyLong_GetSign(obj, &sign) < 0)
+        return -1;
+#else
+    int sign = _PyLong_Sign(obj);
+#endif
+    if (sign < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must not be negative", what);
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t need = PyLong_AsNativeBytes(obj, out, 32,
+                                           Py_ASNATIVEBYTES_LITTLE_ENDIAN |
+                                               Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
+    if (need < 0)
+        return -1;
+    if (need > 32)
+        memset(out, 0xff, 32);
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)obj, out, 32, 1, 0) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        /* Too big for 256 bits: every hash is below it, as with the int itself. */
+        PyErr_Clear();
+        memset(out, 0xff, 32);
+    }
+#endif
+    return 0;
+}
+
+/* ---------- module state: interned attribute names for Submission-like objects ---------- */
+
+static PyObject *str_extranonce1, *str_extranonce2, *str_ntime, *str_nonce, *str_version,
+    *str_share_target;
+
+/* ---------- dsha256 / sha256 ---------- */
+
+static PyObject *hash_bytes(PyObject *arg, int twice)
+{
+    Py_buffer view;
+    if (PyUnicode_Check(arg) || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "data must be a bytes-like object, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    const kz_backend *be = kz_active_backend();
+    uint8_t out[32];
+    const uint8_t *data = view.buf;
+    uint8_t *copy = NULL;
+    size_t len = (size_t)view.len;
+    int release = len >= KZ_NOGIL_BYTES;
+    if (release && !PyBytes_Check(arg)) {
+        /* A mutable buffer could be resized by another thread once the GIL is released. */
+        copy = malloc(len);
+        if (!copy) {
+            PyBuffer_Release(&view);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy, data, len);
+        data = copy;
+    }
+    if (release) {
+        Py_BEGIN_ALLOW_THREADS
+        if (twice)
+            kz_dsha256(be, data, len, out);
+        else {
+            kz_sha256_ctx ctx;
+            kz_sha256_start(&ctx);
+            kz_sha256_update(&ctx, be, data, len);
+            kz_sha256_finish(&ctx, be, out);
+        }
+        Py_END_ALLOW_THREADS
+    } else if (twice) {
+        kz_dsha256(be, data, len, out);
+    } else {
+        kz_sha256_ctx ctx;
+        kz_sha256_start(&ctx);
+        kz_sha256_update(&ctx, be, data, len);
+        kz_sha256_finish(&ctx, be, out);
+    }
+    free(copy);
+    PyBuffer_Release(&view);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *py_dsha256(PyObject *self, PyObject *arg) { return hash_bytes(arg, 1); }
+static PyObject *py_sha256(PyObject *self, PyObject *arg) { return hash_bytes(arg, 0); }
+
+/* ---------- merkle branch ---------- */
+
+/* Copy a sequence of 32-byte hashes into the arena; returns the level count or -1. */
+static Py_ssize_t copy_branch(PyObject *branch, arena_t *arena, size_t *offset)
+{
+    /* A tuple snapshot: a list could be resized by code run while converting its items. */
+    PyObject *items = PySequence_Tuple(branch);
+    if (!items) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "merkle_branch must be a sequence of bytes, not %.100s",
+                         Py_TYPE(branch)->tp_name);
+        }
+        return -1;
+    }
+    if (PyBytes_Check(branch) || PyUnicode_Check(branch) || PyByteArray_Check(branch)) {
+        Py_DECREF(items);
+        PyErr_SetString(PyExc_TypeError, "merkle_branch must be a sequence of 32-byte hashes");
+        return -1;
+    }
+    Py_ssize_t levels = PyTuple_GET_SIZE(items);
+    if (levels > KZ_MAX_BRANCH_LEVELS) {
+        Py_DECREF(items);
+        PyErr_Format(PyExc_ValueError, "merkle_branch has %zd levels, at most %d possible", levels,
+                     KZ_MAX_BRANCH_LEVELS);
+        return -1;
+    }
+    *offset = arena->len;
+    for (Py_ssize_t i = 0; i < levels; i++) {
+        size_t off, len;
+        if (copy_bytes_arg(PyTuple_GET_ITEM(items, i), "merkle_branch item", 32, 32, arena, &off,
+                           &len) < 0) {
+            Py_DECREF(items);
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    return levels;
+}
+
+static PyObject *py_merkle_root(PyObject *self, PyObject *args)
+{
+    PyObject *coinbase_hash_obj, *branch_obj;
+    if (!PyArg_ParseTuple(args, "OO:merkle_root", &coinbase_hash_obj, &branch_obj))
+        return NULL;
+    uint8_t node[32];
+    arena_t arena = {0};
+    size_t offset = 0;
+    if (copy_fixed(coinbase_hash_obj, "coinbase_hash", node, 32) < 0)
+        return NULL;
+    Py_ssize_t levels = copy_branch(branch_obj, &arena, &offset);
+    if (levels < 0) {
+        arena_free(&arena);
+        return NULL;
+    }
+    kz_merkle_root(kz_active_backend(), node, arena.data ? arena.data + offset : NULL,
+                   (size_t)levels, node);
+    arena_free(&arena);
+    return PyBytes_FromStringAndSize((const char *)node, 32);
+}
+
+/* ---------- hash_headers: raw dSHA256 of many 80-byte headers ---------- */
+
+static PyObject *py_hash_headers(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyUnicode_Check(arg) || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "headers must be a bytes-like object, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (view.len % 80 != 0 || view.len / 80 > KZ_MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError,
+                     "headers must be a concatenation of at most %d 80-byte headers, got %zd bytes",
+                     KZ_MAX_BATCH, view.len);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    size_t n = (size_t)view.len / 80;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 32));
+    if (!out) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const uint8_t *src = view.buf;
+    uint8_t *copy = NULL;
+    if (!PyBytes_Check(arg) && n) {
+        /* Only immutable bytes may be read with the GIL released; copy anything else. */
+        copy = malloc(n * 80);
+        if (!copy) {
+            Py_DECREF(out);
+            PyBuffer_Release(&view);
+            return PyErr_NoMemory();
+        }
+        memcpy(copy, src, n * 80);
+        src = copy;
+    }
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+    const kz_backend *be = kz_active_backend();
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0; i < n; i += KZ_MAX_LANES) {
+        size_t group = n - i < KZ_MAX_LANES ? n - i : KZ_MAX_LANES;
+        const uint8_t *in[KZ_MAX_LANES];
+        uint8_t *hashes[KZ_MAX_LANES];
+        for (size_t j = 0; j < group; j++) {
+            in[j] = src + 80 * (i + j);
+            hashes[j] = dst + 32 * (i + j);
+        }
+        kz_sha256_80_lanes(be, group, in, hashes);
+        kz_sha256_32_lanes(be, group, (const uint8_t *const *)hashes, hashes);
+    }
+    Py_END_ALLOW_THREADS
+    free(copy);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* ---------- validate_batch ---------- */
+
+/* Where each submission's extranonces sit in the arena until the arena stops moving. */
+typedef struct {
+    size_t en1_off, en1_len, en2_off, en2_len;
+} sub_offsets;
+
+static PyObject *get_attr_for_sub(PyObject *item, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(item, name);
+    if (!v && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "submission must be a 6-tuple (extranonce1, extranonce2, ntime, nonce, "
+                     "version_bits, share_target) or have those attributes; %.100s has no '%U'",
+                     Py_TYPE(item)->tp_name, name);
+    }
+    return v;
+}
+
+static int parse_sub_fields(PyObject *const fields[6], kz_sub *sub, sub_offsets *offs,
+                            arena_t *arena)
+{
+    if (copy_bytes_arg(fields[0], "extranonce1", 0, KZ_MAX_PART_BYTES, arena, &offs->en1_off,
+                       &offs->en1_len) < 0)
+        return -1;
+    if (copy_bytes_arg(fields[1], "extranonce2", 0, KZ_MAX_PART_BYTES, arena, &offs->en2_off,
+                       &offs->en2_len) < 0)
+        return -1;
+    if (u32_arg(fields[2], "ntime", &sub->ntime) < 0 || u32_arg(fields[3], "nonce", &sub->nonce) < 0 ||
+        u32_arg(fields[4], "version_bits", &sub->version_bits) < 0)
+        return -1;
+    return target_arg(fields[5], "share_target", sub->share_target);
+}
+
+static int parse_sub(PyObject *item, kz_sub *sub, sub_offsets *offs, arena_t *arena)
+{
+    if (PyTuple_Check(item)) {
+        if (PyTuple_GET_SIZE(item) != 6) {
+            PyErr_Format(PyExc_ValueError, "submission tuple must have 6 items, got %zd",
+                         PyTuple_GET_SIZE(item));
+            return -1;
+        }
+        return parse_sub_fields(&PyTuple_GET_ITEM(item, 0), sub, offs, arena);
+    }
+    /* A Submission-like object: read the attributes (`version` is the final nVersion). */
+    PyObject *names[6] = {str_extranonce1, str_extranonce2, str_ntime, str_nonce, str_version,
+                          str_share_target};
+    PyObject *fields[6] = {NULL};
+    int rc = 0;
+    for (int k = 0; k < 6 && rc == 0; k++) {
+        fields[k] = get_attr_for_sub(item, names[k]);
+        if (!fields[k])
+            rc = -1;
+    }
+    if (rc == 0)
+        rc = parse_sub_fields(fields, sub, offs, arena);
+    for (int k = 0; k < 6; k++)
+        Py_XDECREF(fields[k]);
+    return rc;
+}
+
+typedef struct {
+    kz_job job;
+    size_t coinb1_off, coinb1_len, coinb2_off, coinb2_len, branch_off;
+} job_parse;
+
+static int parse_job(PyObject *coinb1, PyObject *coinb2, PyObject *branch, PyObject *version,
+                     PyObject *prevhash, PyObject *nbits, PyObject *network_target,
+                     PyObject *version_mask, job_parse *jp, arena_t *arena)
+{
+    memset(jp, 0, sizeof *jp);
+    jp->job.version_mask = 0xFFFFFFFFu;
+    if (copy_bytes_arg(coinb1, "coinb1", 0, KZ_MAX_PART_BYTES, arena, &jp->coinb1_off,
+                       &jp->coinb1_len) < 0 ||
+        copy_bytes_arg(coinb2, "coinb2", 0, KZ_MAX_PART_BYTES, arena, &jp->coinb2_off,
+                       &jp->coinb2_len) < 0)
+        return -1;
+    Py_ssize_t levels = copy_branch(branch, arena, &jp->branch_off);
+    if (levels < 0)
+        return -1;
+    jp->job.branch_levels = (size_t)levels;
+    if (u32_arg(version, "version", &jp->job.version) < 0 ||
+        copy_fixed(prevhash, "prevhash", jp->job.prevhash, 32) < 0 ||
+        u32_arg(nbits, "nbits", &jp->job.nbits) < 0 ||
+        target_arg(network_target, "network_target", jp->job.network_target) < 0)
+        return -1;
+    if (version_mask && u32_arg(version_mask, "version_mask", &jp->job.version_mask) < 0)
+        return -1;
+    return 0;
+}
+
+/* Build the Python list of results: tuples, or result_type(hash, meets_share, meets_network). */
+static PyObject *build_results(const kz_result *results, size_t n, PyObject *result_type)
+{
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)results[i].hash, 32);
+        if (!h) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyObject *share = results[i].meets_share ? Py_True : Py_False;
+        PyObject *network = results[i].meets_network ? Py_True : Py_False;
+        PyObject *r;
+        if (result_type == NULL) {
+            r = PyTuple_Pack(3, h, share, network);
+        } else {
+            PyObject *call_args[3] = {h, share, network};
+            r = PyObject_Vectorcall(result_type, call_args, 3, NULL);
+        }
+        Py_DECREF(h);
+        if (!r) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, r);
+    }
+    return list;
+}
+
+static PyObject *py_validate_batch(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"coinb1", "coinb2", "merkle_branch", "version", "prevhash", "nbits",
+                             "network_target", "subs", "version_mask", "result_type", NULL};
+    PyObject *coinb1, *coinb2, *branch, *version, *prevhash, *nbits, *network_target, *subs_obj;
+    PyObject *version_mask = NULL, *result_type = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO|$OO:validate_batch", kwlist, &coinb1,
+                                     &coinb2, &branch, &version, &prevhash, &nbits, &network_target,
+                                     &subs_obj, &version_mask, &result_type))
+        return NULL;
+    if (result_type == Py_None)
+        result_type = NULL;
+    else if (!PyCallable_Check(result_type)) {
+        PyErr_SetString(PyExc_TypeError, "result_type must be callable or None");
+        return NULL;
+    }
+
+    arena_t arena = {0};
+    job_parse jp;
+    kz_sub *subs = NULL;
+    sub_offsets *offs = NULL;
+    kz_result *results = NULL;
+    PyObject *items = NULL, *out = NULL;
+
+    if (parse_job(coinb1, coinb2, branch, version, prevhash, nbits, network_target, version_mask,
+                  &jp, &arena) < 0)
+        goto done;
+    if (PyBytes_Check(subs_obj) || PyUnicode_Check(subs_obj)) {
+        PyErr_SetString(PyExc_TypeError, "subs must be a sequence of submissions");
+        goto done;
+    }
+    items = PySequence_Tuple(subs_obj);   /* snapshot, see copy_branch */
+    if (!items)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    if (n > KZ_MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "batch of %zd submissions exceeds the limit of %d", n,
+                     KZ_MAX_BATCH);
+        goto done;
+    }
+    size_t count = (size_t)n;
+    /* calloc(0) may return NULL legitimately; allocate at least one element. */
+    subs = calloc(count ? count : 1, sizeof *subs);
+    offs = calloc(count ? count : 1, sizeof *offs);
+    results = calloc(count ? count : 1, sizeof *results);
+    if (!subs || !offs || !results) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (parse_sub(PyTuple_GET_ITEM(items, (Py_ssize_t)i), &subs[i], &offs[i], &arena) < 0)
+            goto done;
+    }
+    /* The arena no longer moves: turn offsets into pointers. */
+    const uint8_t *base = arena.data;
+    for (size_t i = 0; i < count; i++) {
+        subs[i].extranonce1 = base + offs[i].en1_off;
+        subs[i].extranonce1_len = offs[i].en1_len;
+        subs[i].extranonce2 = base + offs[i].en2_off;
+        subs[i].extranonce2_len = offs[i].en2_len;
+    }
+    jp.job.coinb2 = base ? base + jp.coinb2_off : NULL;
+    jp.job.coinb2_len = jp.coinb2_len;
+    jp.job.branch = base ? base + jp.branch_off : NULL;
+
+    const kz_backend *be = kz_active_backend();
+    Py_BEGIN_ALLOW_THREADS
+    kz_job_set_coinb1(&jp.job, be, base ? base + jp.coinb1_off : NULL, jp.coinb1_len);
+    kz_validate_shares(&jp.job, be, subs, count, results);
+    Py_END_ALLOW_THREADS
+
+    out = build_results(results, count, result_type);
+
+done:
+    Py_XDECREF(items);
+    free(subs);
+    free(offs);
+    free(results);
+    arena_free(&arena);
+    return out;
+}
+
+/* ---------- backend introspection (tests and the benchmark) ---------- */
+
+static PyObject *py_backend(PyObject *self, PyObject *unused)
+{
+    return PyUnicode_FromString(kz_active_backend()->name);
+}
+
+static PyObject *py_cpu_has_sha_ni(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(kz_cpu_has_shani());
+}
+
+static PyObject *py_set_backend(PyObject *self, PyObject *arg)
+{
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "backend name must be a str");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name)
+        return NULL;
+    PyObject *previous = PyUnicode_FromString(kz_active_backend()->name);
+    if (!previous)
+        return NULL;
+    if (kz_select_backend(name) < 0) {
+        Py_DECREF(previous);
+        PyErr_Format(PyExc_ValueError, "backend %R is unknown or not supported by this CPU", arg);
+        return NULL;
+    }
+    return previous;
+}
+
+static PyMethodDef kzhash_methods[] = {
+    {"dsha256", py_dsha256, METH_O, "dsha256(data) -> bytes: SHA-256 of SHA-256, internal order."},
+    {"sha256", py_sha256, METH_O, "sha256(data) -> bytes: single SHA-256."},
+    {"merkle_root", py_merkle_root, METH_VARARGS,
+     "merkle_root(coinbase_hash, branch) -> bytes: fold dsha256(node || b) along the branch."},
+    {"hash_headers", py_hash_headers, METH_O,
+     "hash_headers(headers) -> bytes: dSHA256 of each 80-byte header, 32 bytes each, GIL released."},
+    {"validate_batch", (PyCFunction)(void (*)(void))py_validate_batch, METH_VARARGS | METH_KEYWORDS,
+     "validate_batch(coinb1, coinb2, merkle_branch, version, prevhash, nbits, network_target, subs,\n"
+     "               *, version_mask=0xffffffff, result_type=None) -> list\n\n"
+     "Rebuild and hash each submission's header with the GIL released. subs items are 6-tuples\n"
+     "(extranonce1, extranonce2, ntime, nonce, version_bits, share_target) or objects with the\n"
+     "attributes extranonce1, extranonce2, ntime, nonce, version, share_target. The header version\n"
+     "is (version & ~version_mask) | (version_bits & version_mask). Targets: int or 32 LE bytes.\n"
+     "Returns (hash, meets_share, meets_network) tuples, or result_type(...) of the same."},
+    {"backend", py_backend, METH_NOARGS, "backend() -> str: the SHA-256 backend in use."},
+    {"cpu_has_sha_ni", py_cpu_has_sha_ni, METH_NOARGS, "cpu_has_sha_ni() -> bool (cpuid)."},
+    {"set_backend", py_set_backend, METH_O,
+     "set_backend(name) -> previous name; 'auto', 'portable' or 'sha-ni' (for tests/benchmarks)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef kzhash_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pool._kzhash",
+    .m_doc = "C-accelerated SHA-256d, merkle folding and batched share validation for kzpool.",
+    .m_size = -1,
+    .m_methods = kzhash_methods,
+};
+
+PyMODINIT_FUNC PyInit__kzhash(void)
+{
+    kz_sha256_init();
+    str_extranonce1 = PyUnicode_InternFromString("extranonce1");
+    str_extranonce2 = PyUnicode_InternFromString("extranonce2");
+    str_ntime = PyUnicode_InternFromString("ntime");
+    str_nonce = PyUnicode_InternFromString("nonce");
+    str_version = PyUnicode_InternFromString("version");
+    str_share_target = PyUnicode_InternFromString("share_target");
+    if (!str_extranonce1 || !str_extranonce2 || !str_ntime || !str_nonce || !str_version ||
+        !str_share_target)
+        return NULL;
+    PyObject *m = PyModule_Create(&kzhash_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_BATCH", KZ_MAX_BATCH) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_BRANCH_LEVELS", KZ_MAX_BRANCH_LEVELS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PART_BYTES", KZ_MAX_PART_BYTES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

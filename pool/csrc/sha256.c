@@ -1,0 +1,266 @@
+/* SHA-256 padding, incremental hashing and fixed-size shapes over the selected backend. */
+#include <string.h>
+
+#include "sha256.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+const uint32_t kz_sha256_iv[8] = {
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+};
+
+/* 16-byte alignment lets the SHA-NI backend load four constants with one aligned load. */
+__attribute__((aligned(16))) const uint32_t kz_sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+static const kz_backend *active = &kz_backend_portable;
+
+int kz_cpu_has_shani(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+        return 0;
+    /* The SHA-NI backend also uses SSSE3 (pshufb) and SSE4.1 (blend). */
+    if (!(ecx & bit_SSSE3) || !(ecx & bit_SSE4_1))
+        return 0;
+    if (__get_cpuid_max(0, 0) < 7)
+        return 0;
+    __cpuid_count(7, 0, eax, ebx, ecx, edx);
+    return (ebx >> 29) & 1;
+#else
+    return 0;
+#endif
+}
+
+const kz_backend *kz_active_backend(void) { return active; }
+
+void kz_sha256_init(void) { kz_select_backend("auto"); }
+
+int kz_select_backend(const char *name)
+{
+    if (strcmp(name, "portable") == 0) {
+        active = &kz_backend_portable;
+        return 0;
+    }
+#ifdef KZ_HAVE_SHANI_CODE
+    if (strcmp(name, "sha-ni") == 0 || strcmp(name, "auto") == 0) {
+        if (kz_cpu_has_shani()) {
+            active = &kz_backend_shani;
+            return 0;
+        }
+        if (strcmp(name, "sha-ni") == 0)
+            return -1;
+    }
+#endif
+    if (strcmp(name, "auto") == 0) {
+        active = &kz_backend_portable;
+        return 0;
+    }
+    return -1;
+}
+
+static inline void store_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+static inline void store_be64(uint8_t *p, uint64_t v)
+{
+    store_be32(p, (uint32_t)(v >> 32));
+    store_be32(p + 4, (uint32_t)v);
+}
+
+void kz_state_to_bytes(const uint32_t state[8], uint8_t out[32])
+{
+    for (int i = 0; i < 8; i++)
+        store_be32(out + 4 * i, state[i]);
+}
+
+void kz_sha256_start(kz_sha256_ctx *ctx)
+{
+    memcpy(ctx->state, kz_sha256_iv, sizeof ctx->state);
+    ctx->total_len = 0;
+    ctx->buf_len = 0;
+}
+
+void kz_sha256_update(kz_sha256_ctx *ctx, const kz_backend *be, const uint8_t *data, size_t len)
+{
+    if (len == 0)          /* data may be NULL for an empty part; memcpy(NULL, 0) is still UB */
+        return;
+    ctx->total_len += len;
+    if (ctx->buf_len) {
+        size_t take = 64 - ctx->buf_len;
+        if (take > len)
+            take = len;
+        memcpy(ctx->buf + ctx->buf_len, data, take);
+        ctx->buf_len += take;
+        data += take;
+        len -= take;
+        if (ctx->buf_len < 64)
+            return;
+        be->compress(ctx->state, ctx->buf, 1);
+        ctx->buf_len = 0;
+    }
+    if (len >= 64) {
+        size_t whole = len / 64;
+        be->compress(ctx->state, data, whole);
+        data += whole * 64;
+        len -= whole * 64;
+    }
+    if (len) {
+        memcpy(ctx->buf, data, len);
+        ctx->buf_len = len;
+    }
+}
+
+void kz_sha256_finish(kz_sha256_ctx *ctx, const kz_backend *be, uint8_t out[32])
+{
+    uint64_t bit_len = ctx->total_len * 8;
+    size_t n = ctx->buf_len;
+    ctx->buf[n++] = 0x80;
+    if (n > 56) {
+        memset(ctx->buf + n, 0, 64 - n);
+        be->compress(ctx->state, ctx->buf, 1);
+        n = 0;
+    }
+    memset(ctx->buf + n, 0, 56 - n);
+    store_be64(ctx->buf + 56, bit_len);
+    be->compress(ctx->state, ctx->buf, 1);
+    kz_state_to_bytes(ctx->state, out);
+}
+
+/* The second block of a 64-byte message: only padding and the length (512 bits). */
+static const uint8_t pad_after_64[64] = {
+    0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x00,
+};
+
+static inline void block_for_32(uint8_t block[64], const uint8_t in[32])
+{
+    memcpy(block, in, 32);
+    block[32] = 0x80;
+    memset(block + 33, 0, 29);
+    block[62] = 0x01;      /* 256 bits, big-endian */
+    block[63] = 0x00;
+}
+
+static inline void tail_block_for_80(uint8_t block[64], const uint8_t in[80])
+{
+    memcpy(block, in + 64, 16);
+    block[16] = 0x80;
+    memset(block + 17, 0, 45);
+    block[62] = 0x02;      /* 640 bits, big-endian */
+    block[63] = 0x80;
+}
+
+void kz_sha256_32(const kz_backend *be, const uint8_t in[32], uint8_t out[32])
+{
+    uint32_t st[8];
+    uint8_t block[64];
+    memcpy(st, kz_sha256_iv, sizeof st);
+    block_for_32(block, in);
+    be->compress(st, block, 1);
+    kz_state_to_bytes(st, out);
+}
+
+void kz_sha256_64(const kz_backend *be, const uint8_t in[64], uint8_t out[32])
+{
+    uint32_t st[8];
+    memcpy(st, kz_sha256_iv, sizeof st);
+    be->compress(st, in, 1);
+    be->compress(st, pad_after_64, 1);
+    kz_state_to_bytes(st, out);
+}
+
+void kz_sha256_80(const kz_backend *be, const uint8_t in[80], uint8_t out[32])
+{
+    uint32_t st[8];
+    uint8_t block[64];
+    memcpy(st, kz_sha256_iv, sizeof st);
+    tail_block_for_80(block, in);
+    be->compress(st, in, 1);
+    be->compress(st, block, 1);
+    kz_state_to_bytes(st, out);
+}
+
+/* Per-lane scratch for the multi-lane shapes: states, and pointers the backend takes. */
+typedef struct {
+    uint32_t st[KZ_MAX_LANES][8];
+    uint8_t block[KZ_MAX_LANES][64];
+    uint32_t *states[KZ_MAX_LANES];
+    const uint8_t *blocks[KZ_MAX_LANES];
+} lanes_t;
+
+static void lanes_start(lanes_t *l, size_t n)
+{
+    /* All pointers, not just n: cheap, and no lane can ever reach an unset one. */
+    for (size_t i = 0; i < KZ_MAX_LANES; i++) {
+        l->states[i] = l->st[i];
+        l->blocks[i] = l->block[i];
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(l->st[i], kz_sha256_iv, sizeof l->st[i]);
+}
+
+static void lanes_finish(const lanes_t *l, size_t n, uint8_t *const out[])
+{
+    for (size_t i = 0; i < n; i++)
+        kz_state_to_bytes(l->st[i], out[i]);
+}
+
+void kz_sha256_32_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[])
+{
+    lanes_t l;
+    lanes_start(&l, n);
+    for (size_t i = 0; i < n; i++) {
+        block_for_32(l.block[i], in[i]);
+        l.blocks[i] = l.block[i];
+    }
+    be->compress_lanes(n, l.states, l.blocks);
+    lanes_finish(&l, n, out);
+}
+
+void kz_sha256_64_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[])
+{
+    lanes_t l;
+    lanes_start(&l, n);
+    be->compress_lanes(n, l.states, in);
+    for (size_t i = 0; i < n; i++)
+        l.blocks[i] = pad_after_64;
+    be->compress_lanes(n, l.states, l.blocks);
+    lanes_finish(&l, n, out);
+}
+
+void kz_sha256_80_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[])
+{
+    lanes_t l;
+    lanes_start(&l, n);
+    for (size_t i = 0; i < n; i++) {
+        tail_block_for_80(l.block[i], in[i]);
+        l.blocks[i] = l.block[i];
+    }
+    be->compress_lanes(n, l.states, in);
+    be->compress_lanes(n, l.states, l.blocks);
+    lanes_finish(&l, n, out);
+}
+
+void kz_dsha256(const kz_backend *be, const uint8_t *data, size_t len, uint8_t out[32])
+{
+    kz_sha256_ctx ctx;
+    uint8_t first[32];
+    kz_sha256_start(&ctx);
+    kz_sha256_update(&ctx, be, data, len);
+    kz_sha256_finish(&ctx, be, first);
+    kz_sha256_32(be, first, out);
+}

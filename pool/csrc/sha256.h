@@ -1,0 +1,75 @@
+/* SHA-256 for kzpool: one compression-function interface with run-time selected backends.
+ *
+ * Everything above the compression function (padding, incremental hashing, the fixed-size
+ * shapes a share needs: 32-, 64- and 80-byte messages) is written once here and shared by every
+ * backend, so a backend only has to get the 64 rounds right.
+ */
+#ifndef KZ_SHA256_H
+#define KZ_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Compress `nblocks` consecutive 64-byte blocks into `state`. */
+typedef void (*kz_compress_fn)(uint32_t state[8], const uint8_t *blocks, size_t nblocks);
+
+/* Most independent messages a multi-buffer call takes (the width of a 512-bit register). */
+#define KZ_MAX_LANES 16
+
+/* Compress one block into each of `n` (1..KZ_MAX_LANES) independent states. A backend whose
+ * instructions are latency-bound (SHA-NI) interleaves several messages for throughput; a SIMD
+ * backend would put one message per vector lane; the portable one just loops. */
+typedef void (*kz_compress_lanes_fn)(size_t n, uint32_t *const states[], const uint8_t *const blocks[]);
+
+typedef struct {
+    const char *name;
+    kz_compress_fn compress;
+    kz_compress_lanes_fn compress_lanes;
+} kz_backend;
+
+extern const kz_backend kz_backend_portable;
+#if defined(__x86_64__) || defined(__i386__)
+#define KZ_HAVE_SHANI_CODE 1
+extern const kz_backend kz_backend_shani;
+#endif
+
+/* Which backends this CPU can run (checked with cpuid, not at compile time). */
+int kz_cpu_has_shani(void);
+
+/* The backend in use; chosen once by kz_sha256_init(), changeable for tests. */
+const kz_backend *kz_active_backend(void);
+void kz_sha256_init(void);
+/* Select by name ("auto", "portable", "sha-ni"); returns 0 on success, -1 if unknown or unsupported. */
+int kz_select_backend(const char *name);
+
+extern const uint32_t kz_sha256_iv[8];
+extern const uint32_t kz_sha256_k[64];
+
+/* Incremental SHA-256 (any length), used for the coinbase and for dsha256 of arbitrary data. */
+typedef struct {
+    uint32_t state[8];
+    uint64_t total_len;        /* bytes fed so far */
+    uint8_t buf[64];
+    size_t buf_len;
+} kz_sha256_ctx;
+
+void kz_sha256_start(kz_sha256_ctx *ctx);
+void kz_sha256_update(kz_sha256_ctx *ctx, const kz_backend *be, const uint8_t *data, size_t len);
+void kz_sha256_finish(kz_sha256_ctx *ctx, const kz_backend *be, uint8_t out[32]);
+
+/* SHA-256 of fixed-size messages, with the padding blocks laid out once. */
+void kz_sha256_32(const kz_backend *be, const uint8_t in[32], uint8_t out[32]);
+void kz_sha256_64(const kz_backend *be, const uint8_t in[64], uint8_t out[32]);
+void kz_sha256_80(const kz_backend *be, const uint8_t in[80], uint8_t out[32]);
+/* The same on `n` (1..KZ_MAX_LANES) independent messages at once; out[i] may alias in[i]. */
+void kz_sha256_32_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[]);
+void kz_sha256_64_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[]);
+void kz_sha256_80_lanes(const kz_backend *be, size_t n, const uint8_t *const in[], uint8_t *const out[]);
+
+/* Big-endian state words -> the 32 digest bytes. */
+void kz_state_to_bytes(const uint32_t state[8], uint8_t out[32]);
+
+/* Double SHA-256 of any data. */
+void kz_dsha256(const kz_backend *be, const uint8_t *data, size_t len, uint8_t out[32]);
+
+#endif

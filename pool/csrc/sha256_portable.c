@@ -1,0 +1,48 @@
+/* Portable C SHA-256 compression: the fallback on CPUs without SHA extensions, and the
+ * reference the accelerated backends are tested against. */
+#include <string.h>
+
+#include "sha256.h"
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#define BSIG0(x) (ROTR(x, 2) ^ ROTR(x, 13) ^ ROTR(x, 22))
+#define BSIG1(x) (ROTR(x, 6) ^ ROTR(x, 11) ^ ROTR(x, 25))
+#define SSIG0(x) (ROTR(x, 7) ^ ROTR(x, 18) ^ ((x) >> 3))
+#define SSIG1(x) (ROTR(x, 17) ^ ROTR(x, 19) ^ ((x) >> 10))
+#define CH(x, y, z) (((x) & ((y) ^ (z))) ^ (z))
+#define MAJ(x, y, z) (((x) & (y)) | ((z) & ((x) | (y))))
+
+static inline uint32_t load_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static void compress_portable(uint32_t state[8], const uint8_t *blocks, size_t nblocks)
+{
+    uint32_t w[64];
+    while (nblocks--) {
+        uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+        uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+        for (int i = 0; i < 16; i++)
+            w[i] = load_be32(blocks + 4 * i);
+        for (int i = 16; i < 64; i++)
+            w[i] = SSIG1(w[i - 2]) + w[i - 7] + SSIG0(w[i - 15]) + w[i - 16];
+        for (int i = 0; i < 64; i++) {
+            uint32_t t1 = h + BSIG1(e) + CH(e, f, g) + kz_sha256_k[i] + w[i];
+            uint32_t t2 = BSIG0(a) + MAJ(a, b, c);
+            h = g; g = f; f = e; e = d + t1;
+            d = c; c = b; b = a; a = t1 + t2;
+        }
+        state[0] += a; state[1] += b; state[2] += c; state[3] += d;
+        state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+        blocks += 64;
+    }
+}
+
+static void compress_lanes_portable(size_t n, uint32_t *const states[], const uint8_t *const blocks[])
+{
+    for (size_t i = 0; i < n; i++)
+        compress_portable(states[i], blocks[i], 1);
+}
+
+const kz_backend kz_backend_portable = {"portable", compress_portable, compress_lanes_portable};

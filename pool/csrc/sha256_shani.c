@@ -1,0 +1,145 @@
+/* SHA-256 compression with the x86 SHA extensions (SHA-NI).
+ *
+ * Compiled with __attribute__((target("sha,sse4.1"))) on these functions only, so the rest of the
+ * module (and the build) needs no -msha; kz_cpu_has_shani() gates every call at run time.
+ * The round structure follows Intel's published SHA-NI sample code: the state lives as ABEF/CDGH
+ * in two registers, each sha256rnds2 does two rounds, sha256msg1/msg2 extend the schedule.
+ */
+#include "sha256.h"
+
+#ifdef KZ_HAVE_SHANI_CODE
+
+#include <immintrin.h>
+
+#define KZ_SHANI __attribute__((target("sha,sse4.1")))
+
+/* Byte order of a message quad-word: big-endian words in memory -> lanes. */
+#define BSWAP_MASK _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL)
+
+KZ_SHANI static inline void load_state(const uint32_t state[8], __m128i *abef, __m128i *cdgh)
+{
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&state[0]);   /* DCBA */
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&state[4]);    /* HGFE */
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);                          /* CDAB */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);                            /* EFGH */
+    *abef = _mm_alignr_epi8(tmp, s1, 8);                         /* ABEF */
+    *cdgh = _mm_blend_epi16(s1, tmp, 0xF0);                      /* CDGH */
+}
+
+KZ_SHANI static inline void store_state(uint32_t state[8], __m128i abef, __m128i cdgh)
+{
+    __m128i tmp = _mm_shuffle_epi32(abef, 0x1B);                 /* FEBA */
+    cdgh = _mm_shuffle_epi32(cdgh, 0xB1);                        /* DCHG */
+    abef = _mm_blend_epi16(tmp, cdgh, 0xF0);                     /* DCBA */
+    cdgh = _mm_alignr_epi8(cdgh, tmp, 8);                        /* ABEF -> HGFE */
+    _mm_storeu_si128((__m128i *)&state[0], abef);
+    _mm_storeu_si128((__m128i *)&state[4], cdgh);
+}
+
+/* Four rounds with message quad `w` (rounds 4*i .. 4*i+3). */
+#define QROUNDS(abef, cdgh, w, i)                                                          \
+    do {                                                                                   \
+        __m128i m_ = _mm_add_epi32((w), _mm_load_si128((const __m128i *)&kz_sha256_k[4 * (i)])); \
+        (cdgh) = _mm_sha256rnds2_epu32((cdgh), (abef), m_);                                 \
+        m_ = _mm_shuffle_epi32(m_, 0x0E);                                                  \
+        (abef) = _mm_sha256rnds2_epu32((abef), (cdgh), m_);                                 \
+    } while (0)
+
+/* Next schedule quad from the previous four: W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16]. */
+#define NEXT_W(w0, w1, w2, w3)                                                             \
+    _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32((w0), (w1)),                   \
+                                       _mm_alignr_epi8((w3), (w2), 4)),                    \
+                         (w3))
+
+KZ_SHANI static void compress_shani(uint32_t state[8], const uint8_t *blocks, size_t nblocks)
+{
+    __m128i abef, cdgh;
+    const __m128i mask = BSWAP_MASK;
+    load_state(state, &abef, &cdgh);
+    while (nblocks--) {
+        __m128i abef_save = abef, cdgh_save = cdgh;
+        __m128i w0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks + 0)), mask);
+        __m128i w1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks + 16)), mask);
+        __m128i w2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks + 32)), mask);
+        __m128i w3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks + 48)), mask);
+        QROUNDS(abef, cdgh, w0, 0);
+        QROUNDS(abef, cdgh, w1, 1);
+        QROUNDS(abef, cdgh, w2, 2);
+        QROUNDS(abef, cdgh, w3, 3);
+        for (int i = 4; i < 16; i += 4) {
+            w0 = NEXT_W(w0, w1, w2, w3); QROUNDS(abef, cdgh, w0, i);
+            w1 = NEXT_W(w1, w2, w3, w0); QROUNDS(abef, cdgh, w1, i + 1);
+            w2 = NEXT_W(w2, w3, w0, w1); QROUNDS(abef, cdgh, w2, i + 2);
+            w3 = NEXT_W(w3, w0, w1, w2); QROUNDS(abef, cdgh, w3, i + 3);
+        }
+        abef = _mm_add_epi32(abef, abef_save);
+        cdgh = _mm_add_epi32(cdgh, cdgh_save);
+        blocks += 64;
+    }
+    store_state(state, abef, cdgh);
+}
+
+/* L independent messages in one instruction stream: sha256rnds2 has a latency of several cycles
+ * but issues more often than that, so extra dependency chains fill the gaps. Measured on AMD Zen 5:
+ * 31 ns/block alone, 22 ns interleaving 2, 17 ns interleaving 4. The lane loops are fully unrolled,
+ * so the arrays live in registers (with some spills at 4 lanes). */
+#define DEFINE_COMPRESS_INTERLEAVED(fn, L)                                                      \
+    KZ_SHANI static void fn(uint32_t *const states[], const uint8_t *const blocks[])            \
+    {                                                                                           \
+        __m128i abef[L], cdgh[L], abef_save[L], cdgh_save[L], w0[L], w1[L], w2[L], w3[L];        \
+        const __m128i mask = BSWAP_MASK;                                                        \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                                   \
+            load_state(states[j], &abef[j], &cdgh[j]);                                          \
+            abef_save[j] = abef[j];                                                             \
+            cdgh_save[j] = cdgh[j];                                                             \
+            w0[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks[j] + 0)), mask);  \
+            w1[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks[j] + 16)), mask); \
+            w2[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks[j] + 32)), mask); \
+            w3[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blocks[j] + 48)), mask); \
+        }                                                                                       \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) QROUNDS(abef[j], cdgh[j], w0[j], 0); \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) QROUNDS(abef[j], cdgh[j], w1[j], 1); \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) QROUNDS(abef[j], cdgh[j], w2[j], 2); \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) QROUNDS(abef[j], cdgh[j], w3[j], 3); \
+        _Pragma("GCC unroll 3") for (int i = 4; i < 16; i += 4) {                               \
+            _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                               \
+                w0[j] = NEXT_W(w0[j], w1[j], w2[j], w3[j]);                                     \
+                QROUNDS(abef[j], cdgh[j], w0[j], i);                                            \
+            }                                                                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                               \
+                w1[j] = NEXT_W(w1[j], w2[j], w3[j], w0[j]);                                     \
+                QROUNDS(abef[j], cdgh[j], w1[j], i + 1);                                        \
+            }                                                                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                               \
+                w2[j] = NEXT_W(w2[j], w3[j], w0[j], w1[j]);                                     \
+                QROUNDS(abef[j], cdgh[j], w2[j], i + 2);                                        \
+            }                                                                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                               \
+                w3[j] = NEXT_W(w3[j], w0[j], w1[j], w2[j]);                                     \
+                QROUNDS(abef[j], cdgh[j], w3[j], i + 3);                                        \
+            }                                                                                   \
+        }                                                                                       \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++)                                     \
+            store_state(states[j], _mm_add_epi32(abef[j], abef_save[j]),                        \
+                        _mm_add_epi32(cdgh[j], cdgh_save[j]));                                  \
+    }
+
+DEFINE_COMPRESS_INTERLEAVED(compress_x4_shani, 4)
+DEFINE_COMPRESS_INTERLEAVED(compress_x2_shani, 2)
+
+static void compress_lanes_shani(size_t n, uint32_t *const states[], const uint8_t *const blocks[])
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        compress_x4_shani(states + i, blocks + i);
+    if (i + 2 <= n) {
+        compress_x2_shani(states + i, blocks + i);
+        i += 2;
+    }
+    if (i < n)
+        compress_shani(states[i], blocks[i], 1);
+}
+
+const kz_backend kz_backend_shani = {"sha-ni", compress_shani, compress_lanes_shani};
+
+#endif

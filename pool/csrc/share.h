@@ -1,0 +1,65 @@
+/* Share validation in plain C: rebuild coinbase -> merkle root -> header, hash, compare targets.
+ *
+ * No Python here: _kzhash.c copies everything into these structs while it holds the GIL, then
+ * calls kz_validate_shares() with the GIL released. All lengths were checked by the caller;
+ * this code trusts them and only reads inside the buffers they describe.
+ */
+#ifndef KZ_SHARE_H
+#define KZ_SHARE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sha256.h"
+
+/* A merkle branch deeper than this cannot occur: a block would need 2^64 transactions. */
+#define KZ_MAX_BRANCH_LEVELS 64
+
+typedef struct {
+    /* SHA-256 state after the whole 64-byte blocks of coinb1, computed once per batch. */
+    uint32_t coinb1_midstate[8];
+    uint64_t coinb1_hashed_len;        /* bytes already in the midstate (multiple of 64) */
+    const uint8_t *coinb1_rest;        /* the remaining < 64 bytes of coinb1 */
+    size_t coinb1_rest_len;
+    const uint8_t *coinb2;
+    size_t coinb2_len;
+    const uint8_t *branch;             /* levels * 32 bytes, internal order */
+    size_t branch_levels;
+    uint32_t version;                  /* the job's nVersion */
+    uint32_t version_mask;             /* bits a submission may set (0xffffffff: take its version) */
+    uint32_t nbits;
+    uint8_t prevhash[32];              /* header order */
+    uint8_t network_target[32];        /* 256-bit little-endian */
+} kz_job;
+
+typedef struct {
+    const uint8_t *extranonce1;
+    size_t extranonce1_len;
+    const uint8_t *extranonce2;
+    size_t extranonce2_len;
+    uint32_t ntime;
+    uint32_t nonce;
+    uint32_t version_bits;
+    uint8_t share_target[32];          /* 256-bit little-endian */
+} kz_sub;
+
+typedef struct {
+    uint8_t hash[32];                  /* header dSHA256, internal order */
+    uint8_t meets_share;
+    uint8_t meets_network;
+} kz_result;
+
+/* Fill the midstate fields from the full coinb1 (which must outlive the job). */
+void kz_job_set_coinb1(kz_job *job, const kz_backend *be, const uint8_t *coinb1, size_t len);
+
+void kz_validate_shares(const kz_job *job, const kz_backend *be, const kz_sub *subs, size_t n,
+                        kz_result *results);
+
+/* 1 if the 32-byte little-endian numbers satisfy a <= b. */
+int kz_le256_leq(const uint8_t a[32], const uint8_t b[32]);
+
+/* Fold a coinbase hash up a branch (levels * 32 bytes); root may alias coinbase_hash. */
+void kz_merkle_root(const kz_backend *be, const uint8_t coinbase_hash[32], const uint8_t *branch,
+                    size_t levels, uint8_t root[32]);
+
+#endif
