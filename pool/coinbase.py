@@ -117,7 +117,8 @@ class CoinbaseParts:
 
 def build_coinbase(height: int, coinbasevalue: int, payout_script: bytes, extranonce_size: int, *,
                    coinbaseaux: bytes = b"", tag: bytes = b"", extra_push: bytes = b"",
-                   witness_commitment: bytes | None = None, truncate_tag: bool = True) -> CoinbaseParts:
+                   witness_commitment: bytes | None = None, truncate_tag: bool = True,
+                   tx_version: int = COINBASE_TX_VERSION) -> CoinbaseParts:
     """The whole coinbase: one payout output worth `coinbasevalue`, then the commitment output if any."""
     if not payout_script:
         raise CoinbaseError("payout script is empty: the reward would be anyone-can-spend")
@@ -128,7 +129,7 @@ def build_coinbase(height: int, coinbasevalue: int, payout_script: bytes, extran
     outputs = [TxOut(coinbasevalue, payout_script)]
     if witness_commitment is not None:
         outputs.append(TxOut(0, witness_commitment))
-    head = (struct.pack("<I", COINBASE_TX_VERSION) + b"\x01" + NULL_TXID + struct.pack("<I", NULL_INDEX)
+    head = (struct.pack("<I", tx_version) + b"\x01" + NULL_TXID + struct.pack("<I", NULL_INDEX)
             + encode_varint(layout.size) + layout.before_extranonce)
     tail = (layout.after_extranonce + struct.pack("<I", 0xFFFFFFFF)
             + encode_varint(len(outputs)) + b"".join(out.serialize() for out in outputs)
