@@ -1,0 +1,33 @@
+"""Alembic environment for kzpool. Runs from pool.db.Database.upgrade(), which passes an open
+connection in config.attributes; there is no alembic.ini, so it works from an installed wheel."""
+from __future__ import annotations
+
+from alembic import context
+
+from pool.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_offline() -> None:
+    """`--sql` mode: print the DDL for a DBA instead of running it."""
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
+                      literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes["connection"]
+    # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

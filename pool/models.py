@@ -1,0 +1,122 @@
+"""Database schema: SQLAlchemy 2.x typed models. Alembic (pool/migrations/) owns the live schema;
+a change here ships with a new revision in the same commit.
+
+Hot-path choices (the shares table takes every accepted share, 10^4-10^5 rows per second):
+- share times are integer microseconds since the Unix epoch (UTC): 8 bytes, no per-row datetime
+  conversion, and per-minute bucketing is integer division on both SQLite and PostgreSQL;
+- hashes and extranonces are stored as bytes, half the size of their hex;
+- a share names its worker by id; the names live once in accounts/workers;
+- the only indexes are the idempotency key (share_hash, worker_id) and time, which export,
+  compaction and payout windows scan by.
+"""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer,
+                        LargeBinary, MetaData, String, UniqueConstraint, func)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Constraint names are fixed so that Alembic migrations can refer to them on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY (the rowid alias);
+# PostgreSQL needs 64 bits for a table that grows by billions of rows.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+MICROS_PER_SECOND = 1_000_000
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class BlockStatus(str, enum.Enum):
+    """Life of a found block: candidate (share met the network target) -> submitted (sent to the
+    nodes) -> accepted (a node took it) -> confirmed (matured) or orphaned (lost a reorg)."""
+    CANDIDATE = "candidate"
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    CONFIRMED = "confirmed"
+    ORPHANED = "orphaned"
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # The full name the miner sent, e.g. "alice.rig1".
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Share(Base):
+    __tablename__ = "shares"
+    __table_args__ = (
+        # Idempotency key: a replay after a crash or a spill inserts each share at most once.
+        UniqueConstraint("share_hash", "worker_id"),
+        Index(None, "time_us"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    worker_id: Mapped[int] = mapped_column(ForeignKey("workers.id"))
+    job_id: Mapped[str] = mapped_column(String(64))
+    height: Mapped[int] = mapped_column(Integer)
+    difficulty: Mapped[float] = mapped_column(Float(53))
+    share_hash: Mapped[bytes] = mapped_column(LargeBinary(32))  # big-endian, as displayed
+    is_block: Mapped[bool] = mapped_column(Boolean)
+    extranonce1: Mapped[bytes] = mapped_column(LargeBinary(32))
+    extranonce2: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # 32-bit unsigned header fields overflow PostgreSQL's signed INTEGER.
+    ntime: Mapped[int] = mapped_column(BigInteger)
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger)
+    peer: Mapped[str] = mapped_column(String(64))
+
+
+class Block(Base):
+    __tablename__ = "blocks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    height: Mapped[int] = mapped_column(Integer, index=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)  # display hex
+    # VARCHAR, not a native PostgreSQL enum: adding a state later is then a plain migration.
+    status: Mapped[BlockStatus] = mapped_column(
+        Enum(BlockStatus, native_enum=False, length=16,
+             values_callable=lambda members: [m.value for m in members]),
+        default=BlockStatus.CANDIDATE)
+    reward_sats: Mapped[int] = mapped_column(BigInteger)
+    finder_worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"))
+    network_difficulty: Mapped[float] = mapped_column(Float(53))
+    found_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                 server_default=func.now(), onupdate=func.now())
+
+
+class WorkerStatsMinute(Base):
+    """Raw shares folded per worker per minute by compaction (pool/compaction.py)."""
+    __tablename__ = "worker_stats_minute"
+
+    worker_id: Mapped[int] = mapped_column(ForeignKey("workers.id"), primary_key=True)
+    minute_s: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # unix seconds, minute start
+    shares: Mapped[int] = mapped_column(BigInteger)
+    difficulty_sum: Mapped[float] = mapped_column(Float(53))
+    blocks: Mapped[int] = mapped_column(Integer)
