@@ -118,7 +118,7 @@ class CoinbaseParts:
 def build_coinbase(height: int, coinbasevalue: int, payout_script: bytes, extranonce_size: int, *,
                    coinbaseaux: bytes = b"", tag: bytes = b"", extra_push: bytes = b"",
                    witness_commitment: bytes | None = None, truncate_tag: bool = True,
-                   tx_version: int = COINBASE_TX_VERSION) -> CoinbaseParts:
+                   tx_version: int = COINBASE_TX_VERSION, sequence: int = 0xFFFFFFFF) -> CoinbaseParts:
     """The whole coinbase: one payout output worth `coinbasevalue`, then the commitment output if any."""
     if not payout_script:
         raise CoinbaseError("payout script is empty: the reward would be anyone-can-spend")
@@ -131,7 +131,7 @@ def build_coinbase(height: int, coinbasevalue: int, payout_script: bytes, extran
         outputs.append(TxOut(0, witness_commitment))
     head = (struct.pack("<I", tx_version) + b"\x01" + NULL_TXID + struct.pack("<I", NULL_INDEX)
             + encode_varint(layout.size) + layout.before_extranonce)
-    tail = (layout.after_extranonce + struct.pack("<I", 0xFFFFFFFF)
+    tail = (layout.after_extranonce + struct.pack("<I", sequence)
             + encode_varint(len(outputs)) + b"".join(out.serialize() for out in outputs)
             + struct.pack("<I", 0))
     return CoinbaseParts(head, tail, extranonce_size, witness_commitment, layout)
