@@ -72,7 +72,7 @@ class StratumServer:
         self.hasher = hasher
         self.sink = sink
         self.extranonces = extranonces
-        self.jobs = jobs or JobBook()
+        self.jobs = jobs if jobs is not None else JobBook()
         self.stats = ServerStats()
         self.connections: dict[int, "Connection"] = {}
         self._servers: list[asyncio.AbstractServer] = []

@@ -90,10 +90,17 @@ class Vardiff:
         quiet = now - self._last_share
         if quiet < self.cfg.decline_after_s or elapsed < self.cfg.decline_after_s:
             return None
-        # With k shares in `elapsed`, (k+1) shares is an upper bound on the work rate; lower at
-        # least by half so a rig that died comes down quickly.
+        if self._shares == 0:
+            # Nothing at all for a while: the rig died or the difficulty is far too high. Come down
+            # at least by half per tick so even a 1 kH/s CPU reaches its level within minutes.
+            estimate = self.difficulty * self.cfg.target_s / elapsed
+            return self._change(min(estimate, self.difficulty / 2), now)
+        # Some shares, then a long gap: (k+1) shares bounds the work rate from above, so lowering to
+        # that bound never overshoots; a lucky gap of an honest miner stays inside the hysteresis.
         estimate = (self._work + self.difficulty) / elapsed * self.cfg.target_s
-        return self._change(min(estimate, self.difficulty / 2), now)
+        if estimate < self.difficulty * (1 - self.cfg.hysteresis):
+            return self._change(estimate, now)
+        return None
 
     def _judge(self, elapsed: float, now: float) -> float | None:
         if elapsed <= 0:
