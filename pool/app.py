@@ -14,7 +14,7 @@ from stratum.vardiff import VardiffConfig
 
 from .address import address_to_script
 from .config import PoolConfig, redacted
-from .demo_auth import DemoAuthorizer
+from .allowlist_auth import AllowlistAuthorizer
 from .jobs import JobFeed
 from .shares import PoolShareSink
 from .template import TemplateSource
@@ -75,7 +75,9 @@ def build_source(cfg: PoolConfig) -> TemplateSource:
 
 
 def build_authorizer(cfg: PoolConfig) -> Authorizer:
-    return DemoAuthorizer()
+    if cfg.auth.authorizer == "allowlist":
+        return AllowlistAuthorizer(cfg.auth.logins, cfg.auth.allowed_networks)
+    return AllowlistAuthorizer.demo()
 
 
 def payout_script(cfg: PoolConfig) -> bytes:

@@ -6,6 +6,7 @@ fails with the key and the expected type. Secrets may come from the environment 
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import typing
@@ -99,8 +100,11 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    # "demo": login `demo` (workers demo.<anything>) from loopback only. Production names its own.
+    # "demo": login `demo` (workers demo.<anything>) from loopback only. Production names its own:
+    # "allowlist" takes `logins` from the source networks `allowed_networks` (CIDRs).
     authorizer: str = "demo"
+    logins: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ class PoolConfig:
         choices = {"mode": (self.mode, {"demo", "production"}),
                    "node.source": (self.node.source, {"simnet", "bitcoind"}),
                    "chain.network": (self.chain.network, {"mainnet", "testnet", "testnet4", "signet", "regtest"}),
-                   "auth.authorizer": (self.auth.authorizer, {"demo"}),
+                   "auth.authorizer": (self.auth.authorizer, {"demo", "allowlist"}),
                    "log.format": (self.log.format, {"kv", "json"})}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -144,6 +148,14 @@ class PoolConfig:
             raise ConfigError("stratum.tls_cert and stratum.tls_key go together")
         if self.mode == "production" and self.auth.authorizer == "demo":
             raise ConfigError("auth.authorizer = 'demo' is not allowed in production mode")
+        if self.auth.authorizer == "allowlist":
+            if not self.auth.logins or not self.auth.allowed_networks:
+                raise ConfigError("auth.authorizer = 'allowlist' needs auth.logins and auth.allowed_networks")
+            for net in self.auth.allowed_networks:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(f"auth.allowed_networks: {net!r} is not a network") from None
         if self.node.source == "bitcoind" and not self.node.rpc_urls:
             raise ConfigError("node.rpc_urls must list at least one node when node.source = 'bitcoind'")
         return self
