@@ -6,14 +6,20 @@
  *
  * Integers for header fields (version, ntime, nbits, nonce) are masked to 32 bits, exactly as the
  * pure-Python reference pool.hashing.build_header does, so both paths agree on every int.
- * Targets are 256-bit little-endian: a non-negative int (values >= 2**256 saturate, which compares
- * the same as the int) or 32 bytes in little-endian order.
+ * Targets are 256-bit little-endian: an int or 32 bytes in little-endian order. Ints compare exactly
+ * as Python would: values >= 2**256 saturate (every hash is below them), negative ones meet nothing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <stdlib.h>
 #include <string.h>
+
+#ifndef Py_T_OBJECT_EX          /* before 3.12 the member types live in structmember.h */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
 
 #include "csrc/sha256.h"
 #include "csrc/share.h"
@@ -157,9 +163,10 @@ static int u32_arg(PyObject *obj, const char *what, uint32_t *out)
     return 0;
 }
 
-/* A target: non-negative int (saturating at 2**256 - 1) or 32 little-endian bytes. */
-static int target_arg(PyObject *obj, const char *what, uint8_t out[32])
+/* A target: an int (saturating at 2**256 - 1; negative sets *negative) or 32 little-endian bytes. */
+static int target_arg(PyObject *obj, const char *what, uint8_t out[32], uint8_t *negative)
 {
+    *negative = 0;
     if (!PyLong_Check(obj))
         return copy_fixed(obj, what, out, 32);
 #if PY_VERSION_HEX >= 0x030E0000
@@ -170,8 +177,9 @@ static int target_arg(PyObject *obj, const char *what, uint8_t out[32])
     int sign = _PyLong_Sign(obj);
 #endif
     if (sign < 0) {
-        PyErr_Format(PyExc_ValueError, "%s must not be negative", what);
-        return -1;
+        memset(out, 0, 32);
+        *negative = 1;
+        return 0;
     }
 #if PY_VERSION_HEX >= 0x030D0000
     Py_ssize_t need = PyLong_AsNativeBytes(obj, out, 32,
@@ -402,7 +410,7 @@ static int parse_sub_fields(PyObject *const fields[6], kz_sub *sub, sub_offsets 
     if (u32_arg(fields[2], "ntime", &sub->ntime) < 0 || u32_arg(fields[3], "nonce", &sub->nonce) < 0 ||
         u32_arg(fields[4], "version_bits", &sub->version_bits) < 0)
         return -1;
-    return target_arg(fields[5], "share_target", sub->share_target);
+    return target_arg(fields[5], "share_target", sub->share_target, &sub->share_target_negative);
 }
 
 static int parse_sub(PyObject *item, kz_sub *sub, sub_offsets *offs, arena_t *arena)
@@ -455,16 +463,92 @@ static int parse_job(PyObject *coinb1, PyObject *coinb2, PyObject *branch, PyObj
     if (u32_arg(version, "version", &jp->job.version) < 0 ||
         copy_fixed(prevhash, "prevhash", jp->job.prevhash, 32) < 0 ||
         u32_arg(nbits, "nbits", &jp->job.nbits) < 0 ||
-        target_arg(network_target, "network_target", jp->job.network_target) < 0)
+        target_arg(network_target, "network_target", jp->job.network_target,
+                   &jp->job.network_target_negative) < 0)
         return -1;
     if (version_mask && u32_arg(version_mask, "version_mask", &jp->job.version_mask) < 0)
         return -1;
     return 0;
 }
 
+/* Fast construction of result objects.
+ *
+ * A frozen dataclass __init__ goes through object.__setattr__ once per field (about 300 ns per
+ * ShareResult, a third of the hashing time of a share). For a slots dataclass whose only fields are
+ * (hash, meets_share, meets_network), with no __post_init__ and object's own __new__, the generated
+ * __init__ does nothing but store the three fields, so filling the slots directly builds the same
+ * object. Anything else is called normally. The check runs once per type and is cached. */
+static const char *const result_fields[3] = {"hash", "meets_share", "meets_network"};
+static PyObject *slot_type_cached;            /* strong reference to the last type that passed */
+static Py_ssize_t slot_offsets[3];
+
+/* 1 and the offsets if result_type can be filled slot by slot, 0 if not, -1 on error. */
+static int result_slots(PyObject *result_type, Py_ssize_t offsets[3])
+{
+    if (result_type == slot_type_cached) {
+        memcpy(offsets, slot_offsets, sizeof slot_offsets);
+        return 1;
+    }
+    if (!PyType_Check(result_type))
+        return 0;
+    PyTypeObject *tp = (PyTypeObject *)result_type;
+    if (tp->tp_new != PyBaseObject_Type.tp_new || tp->tp_dict == NULL)
+        return 0;
+    PyObject *fields = PyDict_GetItemString(tp->tp_dict, "__dataclass_fields__");   /* borrowed */
+    if (!fields || !PyDict_Check(fields) || PyDict_GET_SIZE(fields) != 3 ||
+        PyDict_GetItemString(tp->tp_dict, "__post_init__") != NULL)
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    for (int k = 0; k < 3; k++) {
+        if (!PyDict_Next(fields, &pos, &key, &value) || !PyUnicode_Check(key) ||
+            PyUnicode_CompareWithASCIIString(key, result_fields[k]) != 0)
+            return 0;
+        PyObject *descr = PyDict_GetItemString(tp->tp_dict, result_fields[k]);
+        if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return 0;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != Py_T_OBJECT_EX || (member->flags & Py_READONLY))
+            return 0;
+        offsets[k] = member->offset;
+    }
+    Py_INCREF(result_type);
+    Py_XSETREF(slot_type_cached, result_type);
+    memcpy(slot_offsets, offsets, sizeof slot_offsets);
+    return 1;
+}
+
+static PyObject *make_result(PyObject *result_type, int use_slots, const Py_ssize_t offsets[3],
+                             PyObject *h, PyObject *share, PyObject *network)
+{
+    if (result_type == NULL)
+        return PyTuple_Pack(3, h, share, network);
+    if (!use_slots) {
+        PyObject *call_args[3] = {h, share, network};
+        return PyObject_Vectorcall(result_type, call_args, 3, NULL);
+    }
+    PyTypeObject *tp = (PyTypeObject *)result_type;
+    PyObject *obj = tp->tp_alloc(tp, 0);
+    if (!obj)
+        return NULL;
+    PyObject *values[3] = {h, share, network};
+    for (int k = 0; k < 3; k++) {
+        Py_INCREF(values[k]);
+        *(PyObject **)((char *)obj + offsets[k]) = values[k];
+    }
+    return obj;
+}
+
 /* Build the Python list of results: tuples, or result_type(hash, meets_share, meets_network). */
 static PyObject *build_results(const kz_result *results, size_t n, PyObject *result_type)
 {
+    Py_ssize_t offsets[3] = {0, 0, 0};
+    int use_slots = 0;
+    if (result_type != NULL) {
+        use_slots = result_slots(result_type, offsets);
+        if (use_slots < 0)
+            return NULL;
+    }
     PyObject *list = PyList_New((Py_ssize_t)n);
     if (!list)
         return NULL;
@@ -474,15 +558,9 @@ static PyObject *build_results(const kz_result *results, size_t n, PyObject *res
             Py_DECREF(list);
             return NULL;
         }
-        PyObject *share = results[i].meets_share ? Py_True : Py_False;
-        PyObject *network = results[i].meets_network ? Py_True : Py_False;
-        PyObject *r;
-        if (result_type == NULL) {
-            r = PyTuple_Pack(3, h, share, network);
-        } else {
-            PyObject *call_args[3] = {h, share, network};
-            r = PyObject_Vectorcall(result_type, call_args, 3, NULL);
-        }
+        PyObject *r = make_result(result_type, use_slots, offsets, h,
+                                  results[i].meets_share ? Py_True : Py_False,
+                                  results[i].meets_network ? Py_True : Py_False);
         Py_DECREF(h);
         if (!r) {
             Py_DECREF(list);

@@ -45,7 +45,31 @@ int kz_cpu_has_shani(void)
 
 const kz_backend *kz_active_backend(void) { return active; }
 
-void kz_sha256_init(void) { kz_select_backend("auto"); }
+__attribute__((aligned(16))) uint32_t kz_pad64_wk[64];
+
+/* The message schedule of kz_pad64_block, plus the round constants. */
+static void compute_pad64_wk(void)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = ((uint32_t)kz_pad64_block[4 * i] << 24) | ((uint32_t)kz_pad64_block[4 * i + 1] << 16) |
+               ((uint32_t)kz_pad64_block[4 * i + 2] << 8) | (uint32_t)kz_pad64_block[4 * i + 3];
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = s1 + w[i - 7] + s0 + w[i - 16];
+    }
+#undef ROTR
+    for (int i = 0; i < 64; i++)
+        kz_pad64_wk[i] = w[i] + kz_sha256_k[i];
+}
+
+void kz_sha256_init(void)
+{
+    compute_pad64_wk();
+    kz_select_backend("auto");
+}
 
 int kz_select_backend(const char *name)
 {
@@ -141,7 +165,7 @@ void kz_sha256_finish(kz_sha256_ctx *ctx, const kz_backend *be, uint8_t out[32])
 }
 
 /* The second block of a 64-byte message: only padding and the length (512 bits). */
-static const uint8_t pad_after_64[64] = {
+const uint8_t kz_pad64_block[64] = {
     0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x00,
 };
@@ -179,7 +203,7 @@ void kz_sha256_64(const kz_backend *be, const uint8_t in[64], uint8_t out[32])
     uint32_t st[8];
     memcpy(st, kz_sha256_iv, sizeof st);
     be->compress(st, in, 1);
-    be->compress(st, pad_after_64, 1);
+    be->compress(st, kz_pad64_block, 1);
     kz_state_to_bytes(st, out);
 }
 
@@ -236,9 +260,7 @@ void kz_sha256_64_lanes(const kz_backend *be, size_t n, const uint8_t *const in[
     lanes_t l;
     lanes_start(&l, n);
     be->compress_lanes(n, l.states, in);
-    for (size_t i = 0; i < n; i++)
-        l.blocks[i] = pad_after_64;
-    be->compress_lanes(n, l.states, l.blocks);
+    be->compress_pad64_lanes(n, l.states);
     lanes_finish(&l, n, out);
 }
 

@@ -21,11 +21,22 @@ typedef void (*kz_compress_fn)(uint32_t state[8], const uint8_t *blocks, size_t 
  * backend would put one message per vector lane; the portable one just loops. */
 typedef void (*kz_compress_lanes_fn)(size_t n, uint32_t *const states[], const uint8_t *const blocks[]);
 
+/* Compress the constant second block of a 64-byte message (0x80, zeros, length 512) into `n`
+ * states. Its message schedule never changes, so it is precomputed (kz_pad64_wk) and the
+ * schedule instructions drop out; a merkle level hashes this block once per share. */
+typedef void (*kz_compress_pad64_lanes_fn)(size_t n, uint32_t *const states[]);
+
 typedef struct {
     const char *name;
     kz_compress_fn compress;
     kz_compress_lanes_fn compress_lanes;
+    kz_compress_pad64_lanes_fn compress_pad64_lanes;
 } kz_backend;
+
+/* W[t] + K[t] for the padding block of a 64-byte message (filled by kz_sha256_init). */
+extern uint32_t kz_pad64_wk[64];
+/* The padding block itself, for backends that just compress it. */
+extern const uint8_t kz_pad64_block[64];
 
 extern const kz_backend kz_backend_portable;
 #if defined(__x86_64__) || defined(__i386__)

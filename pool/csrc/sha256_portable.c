@@ -45,4 +45,11 @@ static void compress_lanes_portable(size_t n, uint32_t *const states[], const ui
         compress_portable(states[i], blocks[i], 1);
 }
 
-const kz_backend kz_backend_portable = {"portable", compress_portable, compress_lanes_portable};
+static void compress_pad64_lanes_portable(size_t n, uint32_t *const states[])
+{
+    for (size_t i = 0; i < n; i++)
+        compress_portable(states[i], kz_pad64_block, 1);
+}
+
+const kz_backend kz_backend_portable = {"portable", compress_portable, compress_lanes_portable,
+                                        compress_pad64_lanes_portable};

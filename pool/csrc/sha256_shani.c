@@ -127,6 +127,47 @@ KZ_SHANI static void compress_shani(uint32_t state[8], const uint8_t *blocks, si
 DEFINE_COMPRESS_INTERLEAVED(compress_x4_shani, 4)
 DEFINE_COMPRESS_INTERLEAVED(compress_x2_shani, 2)
 
+/* The 64-byte message's padding block in L lanes: W+K comes precomputed, so each four rounds are
+ * one load and two sha256rnds2, with no schedule work at all. */
+#define DEFINE_COMPRESS_PAD64(fn, L)                                                            \
+    KZ_SHANI static void fn(uint32_t *const states[])                                           \
+    {                                                                                           \
+        __m128i abef[L], cdgh[L], abef_save[L], cdgh_save[L];                                   \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                                   \
+            load_state(states[j], &abef[j], &cdgh[j]);                                          \
+            abef_save[j] = abef[j];                                                             \
+            cdgh_save[j] = cdgh[j];                                                             \
+        }                                                                                       \
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {                                 \
+            const __m128i wk = _mm_load_si128((const __m128i *)&kz_pad64_wk[4 * i]);            \
+            const __m128i wk_hi = _mm_shuffle_epi32(wk, 0x0E);                                  \
+            _Pragma("GCC unroll 4") for (int j = 0; j < L; j++) {                               \
+                cdgh[j] = _mm_sha256rnds2_epu32(cdgh[j], abef[j], wk);                          \
+                abef[j] = _mm_sha256rnds2_epu32(abef[j], cdgh[j], wk_hi);                       \
+            }                                                                                   \
+        }                                                                                       \
+        _Pragma("GCC unroll 4") for (int j = 0; j < L; j++)                                     \
+            store_state(states[j], _mm_add_epi32(abef[j], abef_save[j]),                        \
+                        _mm_add_epi32(cdgh[j], cdgh_save[j]));                                  \
+    }
+
+DEFINE_COMPRESS_PAD64(compress_pad64_x4_shani, 4)
+DEFINE_COMPRESS_PAD64(compress_pad64_x2_shani, 2)
+DEFINE_COMPRESS_PAD64(compress_pad64_x1_shani, 1)
+
+static void compress_pad64_lanes_shani(size_t n, uint32_t *const states[])
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        compress_pad64_x4_shani(states + i);
+    if (i + 2 <= n) {
+        compress_pad64_x2_shani(states + i);
+        i += 2;
+    }
+    if (i < n)
+        compress_pad64_x1_shani(states + i);
+}
+
 static void compress_lanes_shani(size_t n, uint32_t *const states[], const uint8_t *const blocks[])
 {
     size_t i = 0;
@@ -140,6 +181,7 @@ static void compress_lanes_shani(size_t n, uint32_t *const states[], const uint8
         compress_shani(states[i], blocks[i], 1);
 }
 
-const kz_backend kz_backend_shani = {"sha-ni", compress_shani, compress_lanes_shani};
+const kz_backend kz_backend_shani = {"sha-ni", compress_shani, compress_lanes_shani,
+                                     compress_pad64_lanes_shani};
 
 #endif

@@ -163,8 +163,10 @@ static void validate_group(const kz_job *job, const kz_backend *be, const kz_sub
     kz_sha256_80_lanes(be, n, (const uint8_t *const *)header_p, node_p);
     kz_sha256_32_lanes(be, n, (const uint8_t *const *)node_p, hash_p);
     for (size_t j = 0; j < n; j++) {
-        results[j].meets_share = (uint8_t)kz_le256_leq(results[j].hash, subs[j].share_target);
-        results[j].meets_network = (uint8_t)kz_le256_leq(results[j].hash, job->network_target);
+        results[j].meets_share = !subs[j].share_target_negative &&
+                                 kz_le256_leq(results[j].hash, subs[j].share_target);
+        results[j].meets_network = !job->network_target_negative &&
+                                   kz_le256_leq(results[j].hash, job->network_target);
     }
 }
 

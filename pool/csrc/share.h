@@ -30,6 +30,7 @@ typedef struct {
     uint32_t nbits;
     uint8_t prevhash[32];              /* header order */
     uint8_t network_target[32];        /* 256-bit little-endian */
+    uint8_t network_target_negative;   /* a negative int target: no hash meets it (as in Python) */
 } kz_job;
 
 typedef struct {
@@ -41,6 +42,7 @@ typedef struct {
     uint32_t nonce;
     uint32_t version_bits;
     uint8_t share_target[32];          /* 256-bit little-endian */
+    uint8_t share_target_negative;     /* a negative int target: no hash meets it (as in Python) */
 } kz_sub;
 
 typedef struct {
