@@ -17,12 +17,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 import struct
 from pathlib import Path
 from typing import Any, Callable
 
 from standin_chain import BlockDecodeError, Chain, dsha256, real_mainnet_txs
+
+# One factor scales every bounded wait in the node tests, for slow CI machines.
+TIMEOUT_FACTOR = float(os.environ.get("KZPOOL_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def wait_s(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
 
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number",
                type(None): "null"}
@@ -56,6 +65,7 @@ class BitcoindStandin:
         self.calls: list[tuple[str, Any]] = []          # (method, params) in arrival order
         self.submitted: list[tuple[str, str | None]] = []   # (block hash, result)
         self.auth_failures = 0
+        self.connections = 0                              # TCP connections accepted
         self.on_tip: list[Callable[[str], None]] = []     # hooks (the benchmark timestamps tips)
         self._changed = asyncio.Event()
         self._server: asyncio.base_events.Server | None = None
@@ -134,6 +144,7 @@ class BitcoindStandin:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
         try:
             while (request := await _read_request(reader)) is not None:
                 if self.stall:
