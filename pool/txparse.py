@@ -32,10 +32,10 @@ class _Reader:
         return chunk
 
     def u32(self) -> int:
-        return struct.unpack("<I", self.take(4))[0]
+        return int.from_bytes(self.take(4), "little")
 
     def i64(self) -> int:
-        return struct.unpack("<q", self.take(8))[0]
+        return int.from_bytes(self.take(8), "little", signed=True)
 
     def varint(self) -> int:
         value, self.offset = decode_varint(self.data, self.offset)

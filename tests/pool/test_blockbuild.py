@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 import bitcoin
 import pytest
@@ -167,7 +168,8 @@ def test_extra_push_and_tag_are_in_the_coinbase() -> None:
 def test_template_parsed_from_getblocktemplate_json_builds_the_same_block() -> None:
     sim = chain(tx_count=3)
     template = sim.template
-    gbt = {
+    assert template.default_witness_commitment is not None
+    gbt: dict[str, Any] = {
         "version": template.version, "previousblockhash": template.prev_hash_display,
         "transactions": [{"data": tx.data.hex(), "txid": tx.txid[::-1].hex(), "hash": tx.wtxid[::-1].hex(),
                           "fee": tx.fee, "weight": tx.weight, "sigops": tx.sigops, "depends": []}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from bitcoin.core import CTransaction
@@ -21,7 +22,7 @@ SLUSH = VECTORS["stratum_worked_example_testnet3_25096"]
 EMPTY_COMMITMENT = bytes.fromhex(VECTORS["witness_commitment"]["empty_template"]["default_witness_commitment_script"])
 
 
-def template(**changes: object) -> BlockTemplate:
+def template(**changes: Any) -> BlockTemplate:
     base = BlockTemplate(version=0x20000000, prev_hash=bytes(32), height=800_000, bits=0x17034219,
                          curtime=1_700_000_000, mintime=1_699_999_000, coinbasevalue=625_000_000)
     return dataclasses.replace(base, **changes)

@@ -14,9 +14,9 @@ from pool.script import DecodeError, bip34_height_push, decode_script_num, decod
 BIP34 = VECTORS["bip34_height_push"]
 
 
-@pytest.mark.parametrize("height, expected", sorted(BIP34["cases"].items(), key=lambda kv: int(kv[0])))
-def test_bip34_height_push_vectors(height: str, expected: str) -> None:
-    assert bip34_height_push(int(height)).hex() == expected
+@pytest.mark.parametrize("height, expected", sorted((int(h), e) for h, e in BIP34["cases"].items()))
+def test_bip34_height_push_vectors(height: int, expected: str) -> None:
+    assert bip34_height_push(height).hex() == expected
 
 
 def test_bip34_wrong_encoding_example() -> None:

@@ -86,7 +86,7 @@ def test_largest_encodable_target_is_not_overflow() -> None:
     (Fraction(3, 2), DIFF1_TARGET * 2 // 3),
     (1e-8, (DIFF1_TARGET * Fraction(1e-8).denominator) // Fraction(1e-8).numerator),
 ])
-def test_fractional_difficulties_are_exact(difficulty: object, target: int) -> None:
+def test_fractional_difficulties_are_exact(difficulty: int | float | Fraction | Decimal, target: int) -> None:
     assert difficulty_to_target(difficulty) == target
 
 
