@@ -98,7 +98,8 @@ class PoolApp:
         self.server = StratumServer(
             build_listeners(cfg),
             ServerLimits(max_sessions=s.max_sessions, idle_timeout_s=s.idle_timeout_s,
-                         send_stall_timeout_s=s.send_stall_timeout_s, shutdown_timeout_s=s.shutdown_timeout_s),
+                         send_stall_timeout_s=s.send_stall_timeout_s, shutdown_timeout_s=s.shutdown_timeout_s,
+                         write_high_water_bytes=s.write_high_water_bytes, sweep_interval_s=s.sweep_interval_s),
             self.authorizer, self.hasher, self.sink, Extranonce1Allocator(s.extranonce1_size))
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
                             s.extranonce1_size, s.extranonce2_size)

@@ -49,6 +49,8 @@ class StratumConfig:
     max_sessions: int = 100_000
     idle_timeout_s: float = 600.0
     send_stall_timeout_s: float = 30.0
+    write_high_water_bytes: int = 256 * 1024   # unsent bytes per connection before it counts as stalled
+    sweep_interval_s: float = 5.0              # how often idle, stall and vardiff-decline timers run
     cost_soft_limit: float = 50.0
     cost_hard_limit: float = 200.0
     cost_half_life_s: float = 60.0
