@@ -638,7 +638,7 @@ static PyObject *py_validate_batch(PyObject *self, PyObject *args, PyObject *kwa
 
     const kz_backend *be = kz_active_backend();
     Py_BEGIN_ALLOW_THREADS
-    kz_job_set_coinb1(&jp.job, be, base ? base + jp.coinb1_off : NULL, jp.coinb1_len);
+    kz_job_prepare(&jp.job, be, base ? base + jp.coinb1_off : NULL, jp.coinb1_len);
     kz_validate_shares(&jp.job, be, subs, count, results);
     Py_END_ALLOW_THREADS
 

@@ -21,6 +21,10 @@ typedef void (*kz_compress_fn)(uint32_t state[8], const uint8_t *blocks, size_t 
  * backend would put one message per vector lane; the portable one just loops. */
 typedef void (*kz_compress_lanes_fn)(size_t n, uint32_t *const states[], const uint8_t *const blocks[]);
 
+/* The same with each block given as its 16 message words W[0..15] (host order): the share pipeline
+ * keeps digests as state words from one stage to the next, so no byte conversions happen between. */
+typedef void (*kz_compress_words_lanes_fn)(size_t n, uint32_t *const states[], const uint32_t *const words[]);
+
 /* Compress the constant second block of a 64-byte message (0x80, zeros, length 512) into `n`
  * states. Its message schedule never changes, so it is precomputed (kz_pad64_wk) and the
  * schedule instructions drop out; a merkle level hashes this block once per share. */
@@ -31,6 +35,7 @@ typedef struct {
     kz_compress_fn compress;
     kz_compress_lanes_fn compress_lanes;
     kz_compress_pad64_lanes_fn compress_pad64_lanes;
+    kz_compress_words_lanes_fn compress_words_lanes;
 } kz_backend;
 
 /* W[t] + K[t] for the padding block of a 64-byte message (filled by kz_sha256_init). */

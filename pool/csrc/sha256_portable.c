@@ -17,14 +17,12 @@ static inline uint32_t load_be32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-static void compress_portable(uint32_t state[8], const uint8_t *blocks, size_t nblocks)
+/* One block; w[0..15] holds the message words and is extended in place. */
+static void compress_words(uint32_t state[8], uint32_t w[64])
 {
-    uint32_t w[64];
-    while (nblocks--) {
+    {
         uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
         uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
-        for (int i = 0; i < 16; i++)
-            w[i] = load_be32(blocks + 4 * i);
         for (int i = 16; i < 64; i++)
             w[i] = SSIG1(w[i - 2]) + w[i - 7] + SSIG0(w[i - 15]) + w[i - 16];
         for (int i = 0; i < 64; i++) {
@@ -35,7 +33,26 @@ static void compress_portable(uint32_t state[8], const uint8_t *blocks, size_t n
         }
         state[0] += a; state[1] += b; state[2] += c; state[3] += d;
         state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+    }
+}
+
+static void compress_portable(uint32_t state[8], const uint8_t *blocks, size_t nblocks)
+{
+    uint32_t w[64];
+    while (nblocks--) {
+        for (int i = 0; i < 16; i++)
+            w[i] = load_be32(blocks + 4 * i);
+        compress_words(state, w);
         blocks += 64;
+    }
+}
+
+static void compress_words_lanes_portable(size_t n, uint32_t *const states[], const uint32_t *const words[])
+{
+    uint32_t w[64];
+    for (size_t j = 0; j < n; j++) {
+        memcpy(w, words[j], 16 * sizeof w[0]);
+        compress_words(states[j], w);
     }
 }
 
@@ -52,4 +69,5 @@ static void compress_pad64_lanes_portable(size_t n, uint32_t *const states[])
 }
 
 const kz_backend kz_backend_portable = {"portable", compress_portable, compress_lanes_portable,
-                                        compress_pad64_lanes_portable};
+                                        compress_pad64_lanes_portable,
+                                        compress_words_lanes_portable};

@@ -5,8 +5,20 @@
 
 #include "share.h"
 
-void kz_job_set_coinb1(kz_job *job, const kz_backend *be, const uint8_t *coinb1, size_t len)
+static inline uint32_t load_be32(const uint8_t *p)
 {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static inline uint32_t bswap32(uint32_t v) { return __builtin_bswap32(v); }
+
+void kz_job_prepare(kz_job *job, const kz_backend *be, const uint8_t *coinb1, size_t len)
+{
+    for (int i = 0; i < 8; i++)
+        job->prevhash_words[i] = load_be32(job->prevhash + 4 * i);
+    for (size_t level = 0; level < job->branch_levels; level++)
+        for (int i = 0; i < 8; i++)
+            job->branch_words[level][i] = load_be32(job->branch + 32 * level + 4 * i);
     size_t whole = len / 64;
     memcpy(job->coinb1_midstate, kz_sha256_iv, sizeof job->coinb1_midstate);
     if (whole)
@@ -23,11 +35,6 @@ int kz_le256_leq(const uint8_t a[32], const uint8_t b[32])
             return a[i] < b[i];
     }
     return 1;
-}
-
-static inline void store_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
 }
 
 /* The coinbase after coinb1's whole blocks: four parts, hashed as one message resuming from the
@@ -79,17 +86,6 @@ static void coinbase_tail_block(const coinbase_tail *t, size_t b, uint8_t out[64
         store_be64(out + 56, t->total_bits);
 }
 
-/* Header bytes 0..35 and 68..79; the merkle root goes in at 36 separately. */
-static void header_fields(const kz_job *job, const kz_sub *sub, uint8_t header[80])
-{
-    uint32_t version = (job->version & ~job->version_mask) | (sub->version_bits & job->version_mask);
-    store_le32(header, version);
-    memcpy(header + 4, job->prevhash, 32);
-    store_le32(header + 68, sub->ntime);
-    store_le32(header + 72, job->nbits);
-    store_le32(header + 76, sub->nonce);
-}
-
 void kz_merkle_root(const kz_backend *be, const uint8_t coinbase_hash[32], const uint8_t *branch,
                     size_t levels, uint8_t root[32])
 {
@@ -103,13 +99,12 @@ void kz_merkle_root(const kz_backend *be, const uint8_t coinbase_hash[32], const
     memcpy(root, node, 32);
 }
 
-/* First SHA-256 of each lane's coinbase. Lanes whose tails have the same block count (the usual
- * case: one extranonce size per pool) stay in one multi-lane call for every block. */
+/* First SHA-256 of each lane's coinbase, as state words. Lanes whose tails have the same block
+ * count (the usual case: one extranonce size per pool) stay in one multi-lane call for every block. */
 static void coinbase_first_sha_lanes(const kz_job *job, const kz_backend *be, const kz_sub *subs,
-                                     size_t n, uint8_t *const out[])
+                                     size_t n, uint32_t st[][8])
 {
     coinbase_tail tails[KZ_MAX_LANES];
-    uint32_t st[KZ_MAX_LANES][8];
     uint8_t blk[KZ_MAX_LANES][64];
     uint32_t *states[KZ_MAX_LANES];
     const uint8_t *blocks[KZ_MAX_LANES];
@@ -132,37 +127,88 @@ static void coinbase_first_sha_lanes(const kz_job *job, const kz_backend *be, co
         }
         be->compress_lanes(active, states, blocks);
     }
+}
+
+/* Per-lane working set of validate_group. Digests stay as SHA-256 state words throughout: a
+ * digest's bytes read as big-endian words are its state words, so a digest becomes the next
+ * message without any byte shuffling. */
+typedef struct {
+    uint32_t st[KZ_MAX_LANES][8];        /* the state being computed */
+    uint32_t node[KZ_MAX_LANES][16];     /* merkle node || sibling, as message words */
+    uint32_t digest_msg[KZ_MAX_LANES][16]; /* a 32-byte digest + its constant padding */
+    uint32_t header1[KZ_MAX_LANES][16];  /* header bytes 0..63 */
+    uint32_t header2[KZ_MAX_LANES][16];  /* header bytes 64..79 + padding */
+    uint32_t *states[KZ_MAX_LANES];
+    const uint32_t *msgs[KZ_MAX_LANES];
+} group_t;
+
+static void states_reset(group_t *g, size_t n)
+{
     for (size_t j = 0; j < n; j++)
-        kz_state_to_bytes(st[j], out[j]);
+        memcpy(g->st[j], kz_sha256_iv, sizeof g->st[j]);
+}
+
+static void compress_msgs(const kz_backend *be, group_t *g, size_t n, uint32_t msg[][16])
+{
+    for (size_t j = 0; j < n; j++)
+        g->msgs[j] = msg[j];
+    be->compress_words_lanes(n, g->states, g->msgs);
+}
+
+/* st := SHA-256 of the 32-byte digest currently in st. */
+static void hash_digest(const kz_backend *be, group_t *g, size_t n)
+{
+    for (size_t j = 0; j < n; j++)
+        memcpy(g->digest_msg[j], g->st[j], 8 * sizeof(uint32_t));
+    states_reset(g, n);
+    compress_msgs(be, g, n, g->digest_msg);
 }
 
 /* Up to KZ_MAX_LANES submissions through every stage together. */
 static void validate_group(const kz_job *job, const kz_backend *be, const kz_sub *subs, size_t n,
                            kz_result *results)
 {
-    uint8_t node[KZ_MAX_LANES][64];       /* running merkle node || sibling */
-    uint8_t header[KZ_MAX_LANES][80];
-    uint8_t *node_p[KZ_MAX_LANES], *header_p[KZ_MAX_LANES], *hash_p[KZ_MAX_LANES];
+    group_t g;
     for (size_t j = 0; j < n; j++) {
-        node_p[j] = node[j];
-        header_p[j] = header[j];
-        hash_p[j] = results[j].hash;
+        g.states[j] = g.st[j];
+        /* Padding words of a 32-byte message (256 bits) and of the header's second block (640 bits). */
+        memset(g.digest_msg[j] + 8, 0, 8 * sizeof(uint32_t));
+        g.digest_msg[j][8] = 0x80000000u;
+        g.digest_msg[j][15] = 256;
+        memset(g.header2[j] + 4, 0, 12 * sizeof(uint32_t));
+        g.header2[j][4] = 0x80000000u;
+        g.header2[j][15] = 640;
     }
-    coinbase_first_sha_lanes(job, be, subs, n, node_p);
-    kz_sha256_32_lanes(be, n, (const uint8_t *const *)node_p, node_p);    /* coinbase txid */
+    coinbase_first_sha_lanes(job, be, subs, n, g.st);
+    hash_digest(be, &g, n);                                  /* coinbase txid */
     for (size_t level = 0; level < job->branch_levels; level++) {
-        for (size_t j = 0; j < n; j++)
-            memcpy(node[j] + 32, job->branch + 32 * level, 32);
-        kz_sha256_64_lanes(be, n, (const uint8_t *const *)node_p, node_p);
-        kz_sha256_32_lanes(be, n, (const uint8_t *const *)node_p, node_p);
+        for (size_t j = 0; j < n; j++) {
+            memcpy(g.node[j], g.st[j], 8 * sizeof(uint32_t));
+            memcpy(g.node[j] + 8, job->branch_words[level], 8 * sizeof(uint32_t));
+        }
+        states_reset(&g, n);
+        compress_msgs(be, &g, n, g.node);
+        be->compress_pad64_lanes(n, g.states);
+        hash_digest(be, &g, n);
     }
+    /* Header: little-endian integers, read by SHA-256 as big-endian words, hence bswap32. */
     for (size_t j = 0; j < n; j++) {
-        header_fields(job, &subs[j], header[j]);
-        memcpy(header[j] + 36, node[j], 32);
+        const kz_sub *sub = &subs[j];
+        uint32_t version = (job->version & ~job->version_mask) | (sub->version_bits & job->version_mask);
+        g.header1[j][0] = bswap32(version);
+        memcpy(g.header1[j] + 1, job->prevhash_words, 8 * sizeof(uint32_t));
+        memcpy(g.header1[j] + 9, g.st[j], 7 * sizeof(uint32_t));   /* merkle root, bytes 36..63 */
+        g.header2[j][0] = g.st[j][7];                               /* merkle root, bytes 64..67 */
+        g.header2[j][1] = bswap32(sub->ntime);
+        g.header2[j][2] = bswap32(job->nbits);
+        g.header2[j][3] = bswap32(sub->nonce);
     }
-    kz_sha256_80_lanes(be, n, (const uint8_t *const *)header_p, node_p);
-    kz_sha256_32_lanes(be, n, (const uint8_t *const *)node_p, hash_p);
+    states_reset(&g, n);
+    compress_msgs(be, &g, n, g.header1);
+    compress_msgs(be, &g, n, g.header2);
+    hash_digest(be, &g, n);
     for (size_t j = 0; j < n; j++) {
+        kz_state_to_bytes(g.st[j], results[j].hash);
         results[j].meets_share = !subs[j].share_target_negative &&
                                  kz_le256_leq(results[j].hash, subs[j].share_target);
         results[j].meets_network = !job->network_target_negative &&

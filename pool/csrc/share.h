@@ -31,6 +31,9 @@ typedef struct {
     uint8_t prevhash[32];              /* header order */
     uint8_t network_target[32];        /* 256-bit little-endian */
     uint8_t network_target_negative;   /* a negative int target: no hash meets it (as in Python) */
+    /* Filled by kz_job_prepare: prevhash and branch as SHA-256 message words (big-endian reads). */
+    uint32_t prevhash_words[8];
+    uint32_t branch_words[KZ_MAX_BRANCH_LEVELS][8];
 } kz_job;
 
 typedef struct {
@@ -51,8 +54,9 @@ typedef struct {
     uint8_t meets_network;
 } kz_result;
 
-/* Fill the midstate fields from the full coinb1 (which must outlive the job). */
-void kz_job_set_coinb1(kz_job *job, const kz_backend *be, const uint8_t *coinb1, size_t len);
+/* Once per batch, after every other field is set: the coinb1 midstate (coinb1 must outlive the
+ * job) and the word forms of prevhash and branch. */
+void kz_job_prepare(kz_job *job, const kz_backend *be, const uint8_t *coinb1, size_t len);
 
 void kz_validate_shares(const kz_job *job, const kz_backend *be, const kz_sub *subs, size_t n,
                         kz_result *results);
