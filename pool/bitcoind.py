@@ -286,8 +286,9 @@ class BitcoindSource:
             message = getattr(exc, "message", None)     # RpcError: Core refused it (e.g. decode failed)
             outcome = SubmitOutcome(node.health.name, message, None if message else str(exc))
         level = logging.INFO if outcome.accepted else logging.WARNING
+        verdict = "accepted" if outcome.accepted else outcome.result or "unreachable"
         log.log(level, "block_submitted node=%s hash=%s result=%s error=%s", node.health.name, block_hash,
-                "accepted" if outcome.result is None else outcome.result, outcome.error or "")
+                verdict, outcome.error or "")
         return outcome
 
     # Health --------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ shape: {"result": null, "error": {"code": -32601, "message": "Method not found"}
 Methods: getblocktemplate (rules must include segwit; longpollid waits until the tip or the mempool
 changes), getbestblockhash, getblockheader, getblockchaininfo, submitblock (validated by standin_chain).
 `stop()`/`start()` take the node down and up on the same port; `stall` makes it accept requests and never
-answer; `zmq_pub=True` publishes `hashblock` on a ZMQ PUB socket like `-zmqpubhashblock` (needs pyzmq).
-Import it as `from bitcoind_standin import BitcoindStandin` (tests/ is on sys.path under pytest).
+answer; `hold_longpolls` keeps long polls waiting; `zmq_pub=True` publishes `hashblock` on a ZMQ PUB
+socket like `-zmqpubhashblock` (needs pyzmq). Two stand-ins given one `Chain` are two nodes in sync.
+Import it as `from bitcoind_standin import BitcoindStandin` (pyproject puts tests/ on pytest's path).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class BitcoindStandin:
         self.chain = chain or Chain(real_mainnet_txs())
         self.port = 0
         self.stall = False
+        self.hold_longpolls = False     # long polls never answer: only ZMQ or polling can see a tip
         self.calls: list[tuple[str, Any]] = []          # (method, params) in arrival order
         self.submitted: list[tuple[str, str | None]] = []   # (block hash, result)
         self.auth_failures = 0
@@ -227,7 +229,7 @@ class BitcoindStandin:
         if longpollid is not None and not isinstance(longpollid, str):
             raise RpcFault(-3, "JSON value of type %s is not of expected type string"
                            % _TYPE_NAMES.get(type(longpollid), "object"))   # stricter than Core
-        while longpollid is not None and longpollid == self.chain.longpollid:
+        while longpollid is not None and (longpollid == self.chain.longpollid or self.hold_longpolls):
             await self._changed.wait()
         return self.chain.template()
 

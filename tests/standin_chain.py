@@ -11,6 +11,7 @@ returning Core's reason strings (`high-hash`, `bad-txnmrklroot`, `bad-cb-length`
 from __future__ import annotations
 
 import json
+import secrets
 import struct
 import time
 from dataclasses import dataclass
@@ -153,12 +154,15 @@ class Chain:
         }
 
     def mine(self, parent: str | None = None) -> str:
-        """Another miner's block (coinbase only) on `parent` (default: the tip); returns its hash."""
+        """Another miner's block (coinbase only) on `parent` (default: the tip); returns its hash.
+
+        The coinbase tag is random: two stand-ins mining in the same second must make two branches.
+        """
         record = self.blocks[parent or self.tip.hash]
         tpl = {"previousblockhash": record.hash, "height": record.height + 1, "bits": f"{REGTEST_BITS:08x}",
                "version": 0x20000000, "curtime": max(int(time.time()), self.median_time_past(record) + 1),
                "coinbasevalue": subsidy(record.height + 1), "transactions": []}
-        raw = build_block(tpl, tag=b"external")
+        raw = build_block(tpl, tag=b"external" + secrets.token_bytes(4))
         self._accept(CBlock.deserialize(raw), raw, record)
         return dsha256(raw[:80])[::-1].hex()
 
