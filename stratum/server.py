@@ -284,7 +284,13 @@ class Connection(asyncio.Protocol):
             return
         now = time.monotonic()
         self.last_read = now
-        self.handle(self.session.receive_data(data, now))
+        try:
+            self.handle(self.session.receive_data(data, now))
+        except Exception:
+            # A bug of ours must not reach the miner as a traceback, nor leave a half-dead session.
+            log.exception("session_failed conn=%d", self.id)
+            self.close("internal error")
+            return
         if not self.closed and self.session.cost.over_soft(now):
             # Over the soft limit: stop reading for a while; the peer's own sends back up.
             assert self.transport is not None

@@ -280,3 +280,14 @@ def test_jobbook_bounds_and_drops():
         ids.append(job.job_id)
         book.add(job)
     assert len(book) == 3 and "j0" not in book and "j4" in book
+
+
+def test_per_session_job_memory_is_bounded_on_a_long_tip():
+    d = ready_driver()
+    base = make_testnet_job()
+    for i in range(500):
+        job = job_from_notify([f"r{i}"] + TESTNET["notify_params"][1:], base.network_target, clean=False)
+        d.jobs.add(job)
+        d.session.job_message(job, b"")
+    assert len(d.session._job_difficulty) <= 2 * d.jobs.max_jobs + 1
+    assert d.session.job_difficulty("r499") is not None and d.session.job_difficulty("r0") is None
