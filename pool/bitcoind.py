@@ -48,6 +48,7 @@ class _Node:
     zmq_endpoint: str | None
     longpollid: str | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    zmq_tip: str = ""            # a hash ZMQ announced and no template has caught up with yet
     logged_at_s: float = -math.inf
 
 
@@ -191,9 +192,11 @@ class BitcoindSource:
             except TimeoutError:
                 pass
             node.wake.clear()
+            hint, node.zmq_tip = node.zmq_tip, ""
             await self._backoff(node)
             try:
-                best = await node.rpc.call("getbestblockhash")
+                # A ZMQ hint already names the new tip: skip the getbestblockhash round trip.
+                best = hint or await node.rpc.call("getbestblockhash")
                 self._ok(node)
                 if best != node.health.prev_hash:
                     self._consider(node, await self._fetch(node))
@@ -203,6 +206,7 @@ class BitcoindSource:
     async def _zmq_loop(self, node: _Node) -> None:
         def on_block(block_hash: str, _seq: int) -> None:
             if block_hash != node.health.prev_hash:
+                node.zmq_tip = block_hash
                 node.wake.set()
         try:
             await watch_hashblock(node.zmq_endpoint or "", on_block)
