@@ -163,12 +163,38 @@ static int u32_arg(PyObject *obj, const char *what, uint32_t *out)
     return 0;
 }
 
+/* The last int target converted, and its bytes: a batch mostly repeats one share target object
+ * (the session's difficulty), and an int is immutable, so the same object means the same bytes. */
+static PyObject *target_cached;
+static uint8_t target_cached_le[32];
+static uint8_t target_cached_negative;
+
+static int target_from_int(PyObject *obj, const char *what, uint8_t out[32], uint8_t *negative);
+
 /* A target: an int (saturating at 2**256 - 1; negative sets *negative) or 32 little-endian bytes. */
 static int target_arg(PyObject *obj, const char *what, uint8_t out[32], uint8_t *negative)
 {
     *negative = 0;
     if (!PyLong_Check(obj))
         return copy_fixed(obj, what, out, 32);
+    if (obj == target_cached) {
+        memcpy(out, target_cached_le, 32);
+        *negative = target_cached_negative;
+        return 0;
+    }
+    if (target_from_int(obj, what, out, negative) < 0)
+        return -1;
+    if (PyLong_CheckExact(obj)) {      /* a subclass could carry mutable state; only cache plain ints */
+        Py_INCREF(obj);
+        Py_XSETREF(target_cached, obj);
+        memcpy(target_cached_le, out, 32);
+        target_cached_negative = *negative;
+    }
+    return 0;
+}
+
+static int target_from_int(PyObject *obj, const char *what, uint8_t out[32], uint8_t *negative)
+{
 #if PY_VERSION_HEX >= 0x030E0000
     int sign;
     if (PyLong_GetSign(obj, &sign) < 0)
@@ -413,6 +439,35 @@ static int parse_sub_fields(PyObject *const fields[6], kz_sub *sub, sub_offsets 
     return target_arg(fields[5], "share_target", sub->share_target, &sub->share_target_negative);
 }
 
+/* Submission objects with __slots__ (stratum.jobs.Submission) have each field at a fixed offset; when a
+ * type's six attributes are plain object slots and it keeps the generic attribute lookup, read the
+ * slots directly instead of six getattr calls. Checked once per type, like result_slots(). */
+static PyTypeObject *sub_type_cached;       /* strong reference */
+static Py_ssize_t sub_type_offsets[6];
+
+static int sub_slots(PyTypeObject *tp, PyObject *const names[6], Py_ssize_t offsets[6])
+{
+    if (tp == sub_type_cached) {
+        memcpy(offsets, sub_type_offsets, sizeof sub_type_offsets);
+        return 1;
+    }
+    if (tp->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
+    for (int k = 0; k < 6; k++) {
+        PyObject *descr = _PyType_Lookup(tp, names[k]);      /* borrowed, no Python code runs */
+        if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return 0;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != Py_T_OBJECT_EX)
+            return 0;
+        offsets[k] = member->offset;
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(sub_type_cached, tp);
+    memcpy(sub_type_offsets, offsets, sizeof sub_type_offsets);
+    return 1;
+}
+
 static int parse_sub(PyObject *item, kz_sub *sub, sub_offsets *offs, arena_t *arena)
 {
     if (PyTuple_Check(item)) {
@@ -427,11 +482,23 @@ static int parse_sub(PyObject *item, kz_sub *sub, sub_offsets *offs, arena_t *ar
     PyObject *names[6] = {str_extranonce1, str_extranonce2, str_ntime, str_nonce, str_version,
                           str_share_target};
     PyObject *fields[6] = {NULL};
+    Py_ssize_t offsets[6];
     int rc = 0;
+    int slots = sub_slots(Py_TYPE(item), names, offsets);
     for (int k = 0; k < 6 && rc == 0; k++) {
-        fields[k] = get_attr_for_sub(item, names[k]);
-        if (!fields[k])
+        if (slots) {
+            /* New references: parsing a field may run Python code (a buffer export) that could
+             * reassign another slot of this object. */
+            fields[k] = *(PyObject **)((char *)item + offsets[k]);
+            Py_XINCREF(fields[k]);
+        } else {
+            fields[k] = get_attr_for_sub(item, names[k]);
+        }
+        if (!fields[k]) {
+            if (slots)
+                get_attr_for_sub(item, names[k]);     /* unset slot: raise the same TypeError */
             rc = -1;
+        }
     }
     if (rc == 0)
         rc = parse_sub_fields(fields, sub, offs, arena);
@@ -536,6 +603,11 @@ static PyObject *make_result(PyObject *result_type, int use_slots, const Py_ssiz
         Py_INCREF(values[k]);
         *(PyObject **)((char *)obj + offsets[k]) = values[k];
     }
+    /* It holds only bytes and bools, so it can never be part of a reference cycle: keep it out of
+     * the cyclic GC's lists (CPython does the same for tuples of atomic objects). Saves the
+     * collector walking a thousand results per batch. */
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
     return obj;
 }
 
