@@ -20,13 +20,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database
-from .share_store import ShareRow, ShareStore, share_row
+from .share_rows import ShareRow, ShareRowWriter, share_row
 from .spill import SpillFile, encode_line
+
+if TYPE_CHECKING:
+    from stratum.interfaces import Account, Peer
+    from stratum.jobs import Job, ShareResult, Submission
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,16 @@ class ShareRecord:
                 self.nonce, self.version, self.peer]
 
 
+def record_from_share(account: Account, peer: Peer, job_id: str, job: Job, sub: Submission,
+                      difficulty: float, result: ShareResult) -> ShareRecord:
+    """The ShareRecord of an accepted share (the `record_factory` of pool.shares.PoolShareSink)."""
+    return ShareRecord(time=time.time(), login=account.login, worker=account.worker, job_id=job_id,
+                       height=job.height, difficulty=difficulty, share_hash=result.hash_display,
+                       is_block=result.meets_network, extranonce1=sub.extranonce1.hex(),
+                       extranonce2=sub.extranonce2.hex(), ntime=sub.ntime, nonce=sub.nonce,
+                       version=sub.version, peer=f"{peer.host}:{peer.port}")
+
+
 class ShareLogUnavailable(RuntimeError):
     """Neither the database nor the spill file took the batch: do not acknowledge the share."""
 
@@ -64,8 +78,8 @@ class ShareLogClosed(RuntimeError):
 
 @dataclass(slots=True)
 class _Batch:
+    records: list[ShareRecord] = field(default_factory=list)
     rows: list[ShareRow] = field(default_factory=list)
-    spill_rows: list[list[Any]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def settle(self, error: BaseException | None) -> None:
@@ -82,7 +96,7 @@ class ShareLog:
                  max_delay_s: float = 0.05, *, commit_timeout_s: float = 5.0,
                  retry_interval_s: float = 1.0) -> None:
         self._db = db
-        self._store = ShareStore(db)
+        self._store = ShareRowWriter(db)
         self._spill = SpillFile(Path(spill_path))
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -102,6 +116,7 @@ class ShareLog:
         self._replay_offset = 0
         self._retry_at = 0.0
         self.last_commit_latency_s = 0.0
+        self.batches_committed = 0  # database commits, replays included
 
     @property
     def queue_depth(self) -> int:
@@ -136,7 +151,7 @@ class ShareLog:
         waiter = asyncio.get_running_loop().create_future()
         batch = self._open
         batch.rows.append(row)
-        batch.spill_rows.append(record.spill_row())
+        batch.records.append(record)
         batch.waiters.append(waiter)
         self._queued += 1
         if len(batch.rows) >= self.max_batch or record.is_block:
@@ -193,7 +208,7 @@ class ShareLog:
         error: BaseException | None = None
         if not self._spilling and await self._write_db(batch.rows):
             pass
-        elif await self._write_spill(batch.spill_rows):
+        elif await self._write_spill(batch.records):
             self._enter_spill_mode()
         elif await self._write_db(batch.rows):
             # The spill disk failed but the database answered: out of order, still stored once.
@@ -215,6 +230,7 @@ class ShareLog:
                 if self._conn is None:
                     self._conn = await self._db.engine.connect()
                 await self._store.write(self._conn, rows)
+            self.batches_committed += 1
             return True
         except Exception as exc:  # any failure to store is an outage: spill, never drop
             log.warning("event=db_write_failed rows=%d error=%s detail=%s", len(rows),
@@ -233,9 +249,10 @@ class ShareLog:
         except Exception:  # a dead connection may fail to close; it is discarded either way
             pass
 
-    async def _write_spill(self, spill_rows: list[list[Any]]) -> bool:
+    async def _write_spill(self, records: list[ShareRecord]) -> bool:
         try:
-            await asyncio.to_thread(self._spill.append, encode_line(spill_rows))
+            line = encode_line([record.spill_row() for record in records])
+            await asyncio.to_thread(self._spill.append, line)
             return True
         except OSError as exc:
             log.error("event=spill_write_failed path=%s error=%s", self._spill.path, exc)

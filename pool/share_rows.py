@@ -1,0 +1,133 @@
+"""Writes share records to the shares table: row conversion (validated before a share is queued,
+so a bad record can never poison a batch or the spill file), worker-name resolution and the batch
+INSERT that ignores duplicates (replay after a crash or a spill is idempotent)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .db import Database
+from .models import MICROS_PER_SECOND, Account, Worker
+
+if TYPE_CHECKING:
+    from .sharelog import ShareRecord
+
+WorkerKey = tuple[str, str]  # (login, worker name)
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+# Column widths from pool/models.py; checked here because SQLite ignores them and PostgreSQL would
+# fail the whole batch (and then every replay of it).
+MAX_LOGIN, MAX_WORKER, MAX_JOB_ID, MAX_PEER, MAX_EXTRANONCE_BYTES = 128, 256, 64, 64, 32
+
+
+# A validated record ready for the shares table: its worker still by name, then the column values
+# in SHARE_COLUMNS order after worker_id. A plain tuple, not a dataclass: it is built once per share
+# on the hot path, where a frozen dataclass costs a microsecond more.
+ShareRow = tuple[WorkerKey, tuple[Any, ...]]
+SHARE_COLUMNS = ("worker_id", "time_us", "job_id", "height", "difficulty", "share_hash", "is_block",
+                 "extranonce1", "extranonce2", "ntime", "nonce", "version", "peer")
+_PG_ARRAY_TYPES = ("integer", "bigint", "text", "integer", "float8", "bytea", "boolean", "bytea",
+                   "bytea", "bigint", "bigint", "bigint", "text")
+_COLUMN_LIST = ", ".join(SHARE_COLUMNS)
+SQLITE_INSERT = (f"INSERT INTO shares ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(SHARE_COLUMNS))}) "
+                 "ON CONFLICT DO NOTHING")
+# One statement per batch: the rows travel as one array per column and the server unnests them,
+# several times faster than a multi-row VALUES or an executemany round trip per row.
+POSTGRES_INSERT = (f"INSERT INTO shares ({_COLUMN_LIST}) SELECT * FROM unnest("
+                   + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_PG_ARRAY_TYPES, 1))
+                   + ") ON CONFLICT DO NOTHING")
+
+
+def share_row(record: ShareRecord) -> ShareRow:
+    """Validate and convert; raises ValueError naming the record. Checks are one expression and
+    the first failing field is found only on failure: this runs for every share."""
+    share_hash = bytes.fromhex(record.share_hash)
+    extranonce1, extranonce2 = bytes.fromhex(record.extranonce1), bytes.fromhex(record.extranonce2)
+    time_s, difficulty = float(record.time), float(record.difficulty)
+    if not (0 < len(record.login) <= MAX_LOGIN and 0 < len(record.worker) <= MAX_WORKER
+            and 0 < len(record.job_id) <= MAX_JOB_ID and len(record.peer) <= MAX_PEER
+            and 0 < time_s < math.inf and 0 < difficulty < math.inf
+            and 0 <= record.height <= INT32_MAX and 0 <= record.ntime <= UINT32_MAX
+            and 0 <= record.nonce <= UINT32_MAX and 0 <= record.version <= UINT32_MAX
+            and len(share_hash) == 32 and len(extranonce1) <= MAX_EXTRANONCE_BYTES
+            and len(extranonce2) <= MAX_EXTRANONCE_BYTES):
+        raise ValueError(f"share record: {_first_invalid_field(record)} out of range: {record!r}")
+    return (record.login, record.worker), (
+        round(time_s * MICROS_PER_SECOND), record.job_id, record.height, difficulty, share_hash,
+        bool(record.is_block), extranonce1, extranonce2, record.ntime, record.nonce, record.version,
+        record.peer)
+
+
+def _first_invalid_field(record: ShareRecord) -> str:
+    limits = {"login": MAX_LOGIN, "worker": MAX_WORKER, "job_id": MAX_JOB_ID}
+    for name, limit in limits.items():
+        if not 0 < len(getattr(record, name)) <= limit:
+            return name
+    if len(record.peer) > MAX_PEER:
+        return "peer"
+    for name in ("time", "difficulty"):
+        if not 0 < float(getattr(record, name)) < math.inf:
+            return name
+    if not 0 <= record.height <= INT32_MAX:
+        return "height"
+    for name in ("ntime", "nonce", "version"):
+        if not 0 <= getattr(record, name) <= UINT32_MAX:
+            return name
+    return "share_hash" if len(bytes.fromhex(record.share_hash)) != 32 else "extranonce"
+
+
+class ShareRowWriter:
+    """Inserts batches of ShareRows, one transaction each, on a connection the caller owns.
+    The batch INSERT goes straight to the driver (sqlite3 executemany, asyncpg unnest): SQLAlchemy's
+    per-row parameter processing alone would cost more than the whole insert."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._insert_accounts = db.insert_ignoring_duplicates(Account.__table__)
+        self._insert_workers = db.insert_ignoring_duplicates(Worker.__table__)
+        # Filled only after a commit, so a rolled-back transaction never leaves a dangling id.
+        self._worker_ids: dict[WorkerKey, int] = {}
+
+    async def write(self, conn: AsyncConnection, rows: Sequence[ShareRow]) -> None:
+        """Insert `rows` and commit; shares already stored (same hash and worker) are skipped.
+        New workers are committed first, on their own: a worker row without shares is harmless."""
+        worker_ids = self._worker_ids
+        missing = {key for key, _ in rows if key not in worker_ids}
+        if missing:
+            async with conn.begin():
+                resolved = await self._resolve_workers(conn, missing)
+            worker_ids.update(resolved)
+        params = [(worker_ids[key], *values) for key, values in rows]
+        driver = (await conn.get_raw_connection()).driver_connection
+        if self._db.dialect == "sqlite":
+            try:
+                await driver.executemany(SQLITE_INSERT, params)
+                await driver.commit()
+            except BaseException:
+                await driver.rollback()
+                raise
+        else:
+            # A single statement is its own transaction: one round trip per batch.
+            await driver.execute(POSTGRES_INSERT, *zip(*params))
+
+    async def _resolve_workers(self, conn: AsyncConnection,
+                               keys: set[WorkerKey]) -> dict[WorkerKey, int]:
+        """Get-or-create accounts and workers. Several pool processes may race to create the same
+        worker; ON CONFLICT DO NOTHING plus a re-read settles it on both databases."""
+        logins = sorted({login for login, _ in keys})
+        await conn.execute(self._insert_accounts, [{"login": login} for login in logins])
+        account_ids: dict[str, int] = dict((await conn.execute(
+            select(Account.login, Account.id).where(Account.login.in_(logins)))).all())
+        await conn.execute(self._insert_workers, [
+            {"account_id": account_ids[login], "name": name} for login, name in sorted(keys)])
+        found = await conn.execute(
+            select(Account.login, Worker.name, Worker.id)
+            .join(Account, Account.id == Worker.account_id)
+            .where(Worker.account_id.in_(account_ids.values()),
+                   Worker.name.in_({name for _, name in keys})))
+        return {(login, name): worker_id for login, name, worker_id in found
+                if (login, name) in keys}

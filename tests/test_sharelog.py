@@ -1,0 +1,209 @@
+"""Share log, schema, export and compaction, each test on SQLite and on PostgreSQL."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+from db_fixtures import (database_url, db, empty_database_url, make_record,  # noqa: F401
+                         stored_share_keys)
+from pool import db as pool_db
+from pool.compaction import compact, compaction_cutoff
+from pool.db import Database, SchemaOutdated, SchemaUnknown, head_revision
+from pool.models import Base, Block, BlockStatus, Share, Worker, WorkerStatsMinute
+from pool.share_export import export_shares
+from pool.sharelog import ShareLog, ShareLogClosed, ShareRecord
+from pool.spill import SpillFile, SpillLocked, encode_line
+
+
+async def started_log(db: Database, tmp_path: Path, **kwargs: float) -> ShareLog:
+    sharelog = ShareLog(db, tmp_path / "spill" / "shares.spill", **kwargs)  # type: ignore[arg-type]
+    await sharelog.start()
+    return sharelog
+
+
+async def test_every_field_is_stored_and_exported(db: Database, tmp_path: Path) -> None:
+    records = [make_record(i, at=1_730_000_000.25 + i) for i in range(40)]
+    records[7] = replace(records[7], is_block=True, nonce=0xFFFFFFFF, version=0xFFFFFFFF)
+    sharelog = await started_log(db, tmp_path)
+    await asyncio.gather(*(sharelog.append(r) for r in records))
+    await sharelog.close()
+
+    out = io.StringIO()
+    assert await export_shares(db, out, None, None, "jsonl") == 40
+    exported = [json.loads(line) for line in out.getvalue().splitlines()]
+    for record, row in zip(records, exported):
+        assert row["time"] == datetime.fromtimestamp(record.time, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert ShareRecord(**{**row, "time": record.time}) == record
+
+
+async def test_export_csv_window(db: Database, tmp_path: Path) -> None:
+    base = datetime(2025, 3, 1, tzinfo=UTC)
+    sharelog = await started_log(db, tmp_path)
+    for i in range(10):
+        await sharelog.append(make_record(i, at=(base + timedelta(minutes=i)).timestamp()))
+    await sharelog.close()
+    out = io.StringIO()
+    count = await export_shares(db, out, base + timedelta(minutes=3), base + timedelta(minutes=6), "csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == len(rows) == 3
+    assert [r["time"] for r in rows] == [f"2025-03-01T00:0{m}:00.000000Z" for m in (3, 4, 5)]
+    assert rows[0]["is_block"] == "false" and rows[0]["share_hash"] == make_record(3).share_hash
+    with pytest.raises(ValueError, match="timezone"):
+        await export_shares(db, out, datetime(2025, 1, 1), None, "csv")
+
+
+async def test_replayed_share_is_stored_once(db: Database, tmp_path: Path) -> None:
+    sharelog = await started_log(db, tmp_path)
+    record = make_record(1)
+    await sharelog.append(record)
+    await sharelog.append(record)                                 # a replay after a crash
+    await sharelog.append(replace(record, worker="acct1.other"))  # same hash, another worker
+    await sharelog.close()
+    keys = await stored_share_keys(db)
+    assert sorted(keys) == sorted([(record.share_hash, record.worker),
+                                   (record.share_hash, "acct1.other")])
+
+
+INVALID_FIELDS = [
+    ("share_hash", "zz"), ("share_hash", "00" * 31), ("job_id", "j" * 65), ("nonce", 2**32),
+    ("height", -1), ("difficulty", 0.0), ("difficulty", float("nan")), ("extranonce2", "0g"),
+    ("login", ""), ("peer", "p" * 65), ("version", -1), ("time", float("inf"))]
+
+
+async def test_invalid_record_is_refused_before_it_is_queued(db: Database, tmp_path: Path) -> None:
+    sharelog = await started_log(db, tmp_path)
+    for field, value in INVALID_FIELDS:
+        with pytest.raises(ValueError):
+            await sharelog.append(replace(make_record(1), **{field: value}))
+    assert sharelog.queue_depth == 0
+    await sharelog.append(make_record(1))
+    await sharelog.close()
+    assert len(await stored_share_keys(db)) == 1
+    with pytest.raises(ShareLogClosed):
+        await sharelog.append(make_record(2))
+
+
+async def test_concurrent_appends_share_commits(db: Database, tmp_path: Path) -> None:
+    sharelog = await started_log(db, tmp_path, max_batch=500)
+    await asyncio.gather(*(sharelog.append(make_record(i)) for i in range(3000)))
+    assert sharelog.batches_committed <= 3000 / 50  # grouped, not one commit per share
+    assert sharelog.last_commit_latency_s > 0 and sharelog.queue_depth == 0
+    await sharelog.close()
+    assert len(await stored_share_keys(db)) == 3000
+
+
+async def test_spill_left_by_a_previous_run_is_replayed_at_start(db: Database, tmp_path: Path) -> None:
+    path = tmp_path / "spill" / "shares.spill"
+    spill = SpillFile(path)
+    spill.open()
+    records = [make_record(i) for i in range(25)]
+    for chunk in (records[:10], records[10:]):
+        spill.append(encode_line([r.spill_row() for r in chunk]))
+    spill.close()
+    with open(path, "ab") as torn:  # a crash mid-write: never acknowledged, must be dropped
+        torn.write(b"0badf00d [[1.0,")
+    sharelog = ShareLog(db, path)
+    await sharelog.start()
+    assert not sharelog.spilling and sharelog.spill_bytes == 0 and path.stat().st_size == 0
+    await sharelog.close()
+    keys = await stored_share_keys(db)
+    assert Counter(keys) == Counter((r.share_hash, r.worker) for r in records)
+
+
+async def test_spill_file_is_locked_per_process(tmp_path: Path) -> None:
+    first, second = SpillFile(tmp_path / "s.spill"), SpillFile(tmp_path / "s.spill")
+    first.open()
+    with pytest.raises(SpillLocked):
+        second.open()
+    first.close()
+    second.open()
+    second.close()
+
+
+async def test_schema_check_names_the_upgrade_command(empty_database_url: str,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    database = Database(empty_database_url)
+    try:
+        with pytest.raises(SchemaOutdated, match="kzpool db upgrade"):
+            await database.check_schema()
+        await database.upgrade()
+        await database.check_schema()
+        assert await database.current_revision() == head_revision()
+        # This kzpool one release later: the database is now one revision behind.
+        monkeypatch.setattr(pool_db, "head_revision", lambda: "9999_future")
+        with pytest.raises(SchemaOutdated, match=r"revision \w+, this kzpool needs 9999_future; "
+                                                 r"run `kzpool db upgrade`"):
+            await database.check_schema()
+        monkeypatch.undo()
+        async with database.engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_unknown'"))
+        with pytest.raises(SchemaUnknown, match="ffff_unknown"):
+            await database.check_schema()
+    finally:
+        await database.close()
+
+
+async def test_models_match_migrations(db: Database) -> None:
+    async with db.engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn), Base.metadata))
+    assert diff == []
+
+
+async def test_compaction_folds_old_shares_into_minutes(db: Database, tmp_path: Path) -> None:
+    base = datetime(2025, 3, 1, tzinfo=UTC)
+    sharelog = await started_log(db, tmp_path)
+    records = [make_record(i, worker=f"acct0.rig{i % 2}", is_block=(i == 5),
+                           at=(base + timedelta(seconds=20 * i)).timestamp()) for i in range(12)]
+    await asyncio.gather(*(sharelog.append(r) for r in records))
+    cutoff = base + timedelta(minutes=3, seconds=30)  # floored to 3 minutes: shares 0-8 fold
+    assert await compact(db, cutoff, chunk_rows=4) == 9
+    assert await compact(db, cutoff) == 0
+    # A share replayed late into an already folded minute adds to it.
+    late = make_record(100, worker="acct0.rig0", at=(base + timedelta(seconds=5)).timestamp())
+    await sharelog.append(late)
+    await sharelog.close()
+    assert await compact(db, cutoff) == 1
+    async with db.engine.connect() as conn:
+        left = (await conn.execute(select(func.count()).select_from(Share))).scalar_one()
+        stats = (await conn.execute(select(Worker.name, WorkerStatsMinute.minute_s,
+                                           WorkerStatsMinute.shares, WorkerStatsMinute.difficulty_sum,
+                                           WorkerStatsMinute.blocks)
+                                    .join(Worker, Worker.id == WorkerStatsMinute.worker_id))).all()
+    assert left == 3
+    expected: Counter[tuple[str, int]] = Counter()
+    difficulty: Counter[tuple[str, int]] = Counter()
+    for r in records[:9] + [late]:
+        key = (r.worker, int(r.time) // 60 * 60)
+        expected[key] += 1
+        difficulty[key] += r.difficulty
+    assert {(w, m): n for w, m, n, _, _ in stats} == dict(expected)
+    assert {(w, m): d for w, m, _, d, _ in stats} == dict(difficulty)
+    assert sum(b for *_, b in stats) == 1
+
+
+async def test_compaction_spares_shares_of_unsettled_blocks(db: Database) -> None:
+    now = datetime(2025, 3, 10, tzinfo=UTC)
+    found = now - timedelta(days=2)
+    async with db.engine.begin() as conn:
+        await conn.execute(Block.__table__.insert(), [
+            {"height": 1, "hash": "aa" * 32, "status": BlockStatus.ACCEPTED, "reward_sats": 312_500_000,
+             "network_difficulty": 1e14, "found_at": found},
+            {"height": 0, "hash": "bb" * 32, "status": BlockStatus.CONFIRMED, "reward_sats": 1,
+             "network_difficulty": 1e14, "found_at": now - timedelta(days=9)}])
+    assert await compaction_cutoff(db, timedelta(days=1), now) == found - timedelta(days=1)
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE blocks SET status = 'confirmed'"))
+    assert await compaction_cutoff(db, timedelta(days=1), now) == now - timedelta(days=1)
