@@ -5,7 +5,7 @@ import argparse
 import asyncio
 import sys
 
-from .config import ConfigError, load_config
+from .config import ConfigError, PoolConfig, load_config
 
 
 def _install_event_loop() -> None:
@@ -16,14 +16,19 @@ def _install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def config_loader(args: argparse.Namespace) -> PoolConfig:
+    """The config named by --config/--set; a bad one ends the command with its message (exit 2)."""
+    try:
+        return load_config(getattr(args, "config", None), getattr(args, "set", None))
+    except ConfigError as exc:
+        print(f"kzpool: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import PoolApp
     from .logsetup import setup_logging
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"kzpool: configuration error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_loader(args)
     setup_logging(cfg.log.level, cfg.log.format)
     _install_event_loop()
     asyncio.run(PoolApp(cfg).run_until_signal())
@@ -34,12 +39,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     import json
 
     from .config import redacted
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"kzpool: configuration error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(redacted(cfg), indent=2))
+    print(json.dumps(redacted(config_loader(args)), indent=2))
     return 0
 
 
