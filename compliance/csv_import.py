@@ -26,6 +26,7 @@ LICENCE_COLUMNS = ("login", "iin_bin", "name", "licence_no", "subtype", "issued"
                    "suspended_until", "datacentre", "payout_address")
 # No dot in a login: worker names are <login>.<worker>.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TWELVE_DIGITS = re.compile(r"\d{12}")
 SUBTYPES = ("I", "II")
 MAX_TEXT = 256
 
@@ -224,6 +225,8 @@ def check_licences(text: str, snapshot: RegistrySnapshot, index: Callable[[str],
     seen: dict[tuple[str, str], int] = {}
     for row, rec in _records(text, LICENCE_COLUMNS, problems):
         login = _identifier(rec, "login", row, problems)
+        if _TWELVE_DIGITS.fullmatch(login):
+            problems.add(row, "login", "must not be 12 digits: logins appear in logs, IIN/BINs must not")
         licence_no = _required(rec, "licence_no", row, problems)
         for column, value, known in (("login", login, snapshot.logins),
                                      ("licence_no", licence_no, snapshot.licence_nos)):

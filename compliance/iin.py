@@ -12,6 +12,7 @@ The 5th digit tells the two apart: in an IIN it is the first digit of the day (0
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
@@ -125,3 +126,12 @@ def make_bin(year: int, month: int, kind: int, attribute: int, serial: int) -> s
     if not (1 <= month <= 12 and kind in BIN_TYPES and attribute in BIN_ATTRIBUTES and 0 <= serial <= 99999):
         raise ValueError("make_bin: month 1-12, kind 4-6, attribute 0-3, serial 0-99999")
     return _with_check_digit(f"{year % 100:02d}{month:02d}{kind}{attribute}{serial:05d}")
+
+
+_TWELVE_DIGITS = re.compile(r"(?<!\d)\d{12}(?!\d)")
+
+
+def redact_iin_bins(text: str) -> str:
+    """`text` with every valid IIN/BIN in it masked: for strings a miner chose (worker names) that
+    go to logs or the audit log, in case someone mines under their own IIN."""
+    return _TWELVE_DIGITS.sub(lambda m: mask_iin_bin(m.group()) if is_valid_iin_bin(m.group()) else m.group(), text)
