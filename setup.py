@@ -10,6 +10,8 @@ KZHASH_SOURCES = [
     "pool/csrc/sha256.c",
     "pool/csrc/sha256_portable.c",
     "pool/csrc/sha256_shani.c",
+    "pool/csrc/sha256_avx2.c",
+    "pool/csrc/sha256_avx512.c",
     "pool/csrc/share.c",
 ]
 
@@ -18,9 +20,10 @@ setup(
         Extension(
             "pool._kzhash",
             sources=KZHASH_SOURCES,
-            depends=["pool/csrc/sha256.h", "pool/csrc/share.h"],
-            # -O3 unrolls the rounds; SHA-NI code is enabled per function with a target attribute,
-            # so no -msha here and the module still loads on CPUs without SHA extensions.
+            depends=["pool/csrc/sha256.h", "pool/csrc/share.h", "pool/csrc/simd_group.h"],
+            # -O3 unrolls the rounds. SHA-NI, AVX2 and AVX-512 code is enabled per function with
+            # target attributes, so no -msha/-mavx* here: the module loads on any x86-64 (or other)
+            # CPU and picks what cpuid allows at run time.
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

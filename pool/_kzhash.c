@@ -737,6 +737,32 @@ static PyObject *py_cpu_has_sha_ni(PyObject *self, PyObject *unused)
     return PyBool_FromLong(kz_cpu_has_shani());
 }
 
+static PyObject *py_supported_backends(PyObject *self, PyObject *unused)
+{
+    PyObject *names = PyList_New(0);
+    if (!names)
+        return NULL;
+    for (const char *const *p = kz_supported_backends(); *p; p++) {
+        PyObject *name = PyUnicode_FromString(*p);
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    PyObject *out = PyList_AsTuple(names);
+    Py_DECREF(names);
+    return out;
+}
+
+static PyObject *py_cpu_features(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:O,s:O,s:O}", "sha_ni", kz_cpu_has_shani() ? Py_True : Py_False,
+                         "avx2", kz_cpu_has_avx2() ? Py_True : Py_False,
+                         "avx512f", kz_cpu_has_avx512() ? Py_True : Py_False);
+}
+
 static PyObject *py_set_backend(PyObject *self, PyObject *arg)
 {
     if (!PyUnicode_Check(arg)) {
@@ -774,8 +800,14 @@ static PyMethodDef kzhash_methods[] = {
      "Returns (hash, meets_share, meets_network) tuples, or result_type(...) of the same."},
     {"backend", py_backend, METH_NOARGS, "backend() -> str: the SHA-256 backend in use."},
     {"cpu_has_sha_ni", py_cpu_has_sha_ni, METH_NOARGS, "cpu_has_sha_ni() -> bool (cpuid)."},
+    {"supported_backends", py_supported_backends, METH_NOARGS,
+     "supported_backends() -> tuple of the backend names this CPU can run."},
+    {"cpu_features", py_cpu_features, METH_NOARGS,
+     "cpu_features() -> {'sha_ni': bool, 'avx2': bool, 'avx512f': bool} (cpuid + xgetbv)."},
     {"set_backend", py_set_backend, METH_O,
-     "set_backend(name) -> previous name; 'auto', 'portable' or 'sha-ni' (for tests/benchmarks)."},
+     "set_backend(name) -> previous name. 'auto' or one of supported_backends(): 'portable',\n"
+     "'sha-ni', 'avx2', 'avx2+sha-ni', 'avx512', 'avx512+sha-ni'. For tests and benchmarks;\n"
+     "not meant to be switched while another thread is hashing."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,7 +1,8 @@
 """The C share hasher (pool._kzhash via pool.native) agrees bit for bit with the hashlib reference.
 
-Every test that needs the extension runs once per SHA-256 backend the CPU supports ("portable" and, with
-SHA-NI, "sha-ni"), so the fallback C code is checked on a machine that would never pick it. When the
+Every test that needs the extension runs once per SHA-256 backend the CPU supports (portable C, SHA-NI,
+the AVX2 and AVX-512 share pipelines and their combinations), so fallback code is checked on a machine
+that would never pick it. When the
 extension is missing these tests skip, except under CI (CI=true) where a missing build is a failure:
 CI has gcc and the Python headers, so a skip there would hide a broken build.
 """
@@ -39,7 +40,7 @@ if kzhash is None and os.environ.get("CI") == "true" and not native.c_disabled_b
     raise RuntimeError(f"C extension pool._kzhash not importable under CI: {why_not}")
 needs_c = pytest.mark.skipif(kzhash is None, reason=f"C extension unavailable: {why_not}")
 
-BACKENDS = ["portable"] + (["sha-ni"] if kzhash is not None and kzhash.cpu_has_sha_ni() else [])
+BACKENDS = list(kzhash.supported_backends()) if kzhash is not None else ["portable"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -181,7 +182,7 @@ def jobs_and_batches(draw: st.DrawFn) -> tuple[Job, int, list[tuple[bytes, bytes
         st.integers(0, 2**32 - 1),
         st.integers(0, 2**32 - 1),
         st.one_of(st.integers(0, 2**256 - 1), st.integers(2**200, 2**256 - 1), st.just(DIFF1_TARGET)),
-    ), min_size=1, max_size=20))
+    ), min_size=1, max_size=40))
     return job, mask, subs
 
 
@@ -283,7 +284,12 @@ def test_c_is_selected_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KZPOOL_NO_C", raising=False)
     hasher = native.select_hasher()
     assert hasher.name == "c"
-    assert hasher.backend == ("sha-ni" if kzhash.cpu_has_sha_ni() else "portable")
+    assert hasher.backend in kzhash.supported_backends()
+    features = kzhash.cpu_features()
+    if features["avx512f"] and features["sha_ni"]:
+        assert hasher.backend == "avx512+sha-ni"
+    elif features["sha_ni"]:
+        assert hasher.backend == "sha-ni"
 
 
 def test_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -302,4 +308,22 @@ def test_unknown_backend_is_refused() -> None:
         kzhash.set_backend("avx9000")
     with pytest.raises(TypeError):
         kzhash.set_backend(1)
-    assert kzhash.backend() == ("sha-ni" if kzhash.cpu_has_sha_ni() else "portable")
+    with pytest.raises(ValueError):
+        kzhash.set_backend("")
+    assert kzhash.backend() in kzhash.supported_backends()
+
+
+def test_every_backend_the_cpu_reports_is_selectable() -> None:
+    if kzhash is None:
+        pytest.skip(f"C extension unavailable: {why_not}")
+    supported = kzhash.supported_backends()
+    assert "portable" in supported
+    assert ("sha-ni" in supported) == kzhash.cpu_features()["sha_ni"] == kzhash.cpu_has_sha_ni()
+    assert ("avx512" in supported) == kzhash.cpu_features()["avx512f"]
+    assert ("avx2" in supported) == kzhash.cpu_features()["avx2"]
+    for name in supported:
+        previous = kzhash.set_backend(name)
+        try:
+            assert kzhash.backend() == name
+        finally:
+            kzhash.set_backend(previous)

@@ -25,6 +25,28 @@ __attribute__((aligned(16))) const uint32_t kz_sha256_k[64] = {
 
 static const kz_backend *active = &kz_backend_portable;
 
+#if defined(__x86_64__) || defined(__i386__)
+/* 1 when the OS saves every register state bit in `mask` (XCR0), i.e. the registers are usable. */
+static int os_saves(uint64_t mask)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE))
+        return 0;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((((uint64_t)hi << 32) | lo) & mask) == mask;
+}
+
+static unsigned int leaf7_ebx(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (__get_cpuid_max(0, 0) < 7)
+        return 0;
+    __cpuid_count(7, 0, eax, ebx, ecx, edx);
+    return ebx;
+}
+#endif
+
 int kz_cpu_has_shani(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -34,18 +56,80 @@ int kz_cpu_has_shani(void)
     /* The SHA-NI backend also uses SSSE3 (pshufb) and SSE4.1 (blend). */
     if (!(ecx & bit_SSSE3) || !(ecx & bit_SSE4_1))
         return 0;
-    if (__get_cpuid_max(0, 0) < 7)
-        return 0;
-    __cpuid_count(7, 0, eax, ebx, ecx, edx);
-    return (ebx >> 29) & 1;
+    return (leaf7_ebx() >> 29) & 1;
 #else
     return 0;
 #endif
 }
 
-const kz_backend *kz_active_backend(void) { return active; }
+int kz_cpu_has_avx2(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return ((leaf7_ebx() >> 5) & 1) && os_saves(0x6);          /* XMM and YMM state */
+#else
+    return 0;
+#endif
+}
 
-__attribute__((aligned(16))) uint32_t kz_pad64_wk[64];
+int kz_cpu_has_avx512(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return ((leaf7_ebx() >> 16) & 1) && os_saves(0xE6);        /* + opmask and ZMM state */
+#else
+    return 0;
+#endif
+}
+
+/* Every combination: a SIMD share pipeline for big batches (optional) over the compress functions
+ * of a scalar backend, which also take the groups too small to fill the vector. Filled once by
+ * kz_sha256_init; after that only the `active` pointer changes. */
+enum { B_PORTABLE, B_SHANI, B_AVX2, B_AVX2_SHANI, B_AVX512, B_AVX512_SHANI, B_COUNT };
+static kz_backend backends[B_COUNT];
+static int usable[B_COUNT];
+static const char *supported_names[B_COUNT + 1];
+
+static void combine(int id, const char *name, const kz_backend *scalar, kz_group_fn group, size_t lanes,
+                    size_t group_min, int ok)
+{
+    backends[id] = *scalar;
+    backends[id].name = name;
+    backends[id].group = group;
+    backends[id].group_lanes = lanes;
+    backends[id].group_min = group_min;
+    usable[id] = ok;
+}
+
+static void build_backends(void)
+{
+    combine(B_PORTABLE, "portable", &kz_backend_portable, NULL, 0, 0, 1);
+    combine(B_SHANI, "sha-ni", &kz_backend_portable, NULL, 0, 0, 0);
+    combine(B_AVX2, "avx2", &kz_backend_portable, NULL, 0, 0, 0);
+    combine(B_AVX2_SHANI, "avx2+sha-ni", &kz_backend_portable, NULL, 0, 0, 0);
+    combine(B_AVX512, "avx512", &kz_backend_portable, NULL, 0, 0, 0);
+    combine(B_AVX512_SHANI, "avx512+sha-ni", &kz_backend_portable, NULL, 0, 0, 0);
+#ifdef KZ_HAVE_X86_CODE
+    int shani = kz_cpu_has_shani(), avx2 = kz_cpu_has_avx2(), avx512 = kz_cpu_has_avx512();
+    /* Smallest group worth a SIMD pass: over the portable code a vector with one live lane still
+     * wins; over SHA-NI (about 15 ns a block, 8 interleaved) a 16-lane AVX-512 block (about 200 ns)
+     * only wins when at least 12 or so lanes are live, and 8-lane AVX2 only when full. */
+    combine(B_SHANI, "sha-ni", &kz_backend_shani, NULL, 0, 0, shani);
+    combine(B_AVX2, "avx2", &kz_backend_portable, kz_group_avx2, KZ_AVX2_LANES, 1, avx2);
+    combine(B_AVX2_SHANI, "avx2+sha-ni", &kz_backend_shani, kz_group_avx2, KZ_AVX2_LANES, KZ_AVX2_LANES,
+            avx2 && shani);
+    combine(B_AVX512, "avx512", &kz_backend_portable, kz_group_avx512, KZ_AVX512_LANES, 1, avx512);
+    combine(B_AVX512_SHANI, "avx512+sha-ni", &kz_backend_shani, kz_group_avx512, KZ_AVX512_LANES, 12,
+            avx512 && shani);
+#endif
+    size_t k = 0;
+    for (int id = 0; id < B_COUNT; id++)
+        if (usable[id])
+            supported_names[k++] = backends[id].name;
+    supported_names[k] = NULL;
+}
+
+const char *const *kz_supported_backends(void) { return supported_names; }
+
+__attribute__((aligned(64))) uint32_t kz_pad64_wk[64];
 
 /* The message schedule of kz_pad64_block, plus the round constants. */
 static void compute_pad64_wk(void)
@@ -68,28 +152,32 @@ static void compute_pad64_wk(void)
 void kz_sha256_init(void)
 {
     compute_pad64_wk();
+    build_backends();
     kz_select_backend("auto");
 }
 
+const kz_backend *kz_active_backend(void) { return active; }
+
 int kz_select_backend(const char *name)
 {
-    if (strcmp(name, "portable") == 0) {
-        active = &kz_backend_portable;
-        return 0;
+    if (strcmp(name, "auto") == 0) {
+        /* Fastest first, as measured on AMD Zen 5 (docs/benchmarks-hashing.md): AVX-512 groups with
+         * SHA-NI for the rest, then SHA-NI, then AVX-512, then AVX2 groups, then portable C. */
+        static const int preference[] = {B_AVX512_SHANI, B_SHANI, B_AVX512, B_AVX2, B_PORTABLE};
+        for (size_t i = 0; i < sizeof preference / sizeof preference[0]; i++) {
+            if (usable[preference[i]]) {
+                active = &backends[preference[i]];
+                return 0;
+            }
+        }
     }
-#ifdef KZ_HAVE_SHANI_CODE
-    if (strcmp(name, "sha-ni") == 0 || strcmp(name, "auto") == 0) {
-        if (kz_cpu_has_shani()) {
-            active = &kz_backend_shani;
+    for (int id = 0; id < B_COUNT; id++) {
+        if (strcmp(name, backends[id].name) == 0) {
+            if (!usable[id])
+                return -1;
+            active = &backends[id];
             return 0;
         }
-        if (strcmp(name, "sha-ni") == 0)
-            return -1;
-    }
-#endif
-    if (strcmp(name, "auto") == 0) {
-        active = &kz_backend_portable;
-        return 0;
     }
     return -1;
 }

@@ -30,8 +30,21 @@ typedef void (*kz_compress_words_lanes_fn)(size_t n, uint32_t *const states[], c
  * schedule instructions drop out; a merkle level hashes this block once per share. */
 typedef void (*kz_compress_pad64_lanes_fn)(size_t n, uint32_t *const states[]);
 
+/* Whole-share pipelines for SIMD backends (share.h): one message per vector lane, every stage
+ * kept transposed in registers. Declared here so a backend can carry one. */
+struct kz_job;
+struct kz_sub;
+struct kz_result;
+typedef void (*kz_group_fn)(const struct kz_job *job, const struct kz_sub *subs, size_t n,
+                            struct kz_result *results);
+
 typedef struct {
     const char *name;
+    /* Optional: validate up to group_lanes shares at once (NULL: the compress functions do it all).
+     * Groups smaller than group_min go to the compress functions, which waste no lanes. */
+    kz_group_fn group;
+    size_t group_lanes;
+    size_t group_min;
     kz_compress_fn compress;
     kz_compress_lanes_fn compress_lanes;
     kz_compress_pad64_lanes_fn compress_pad64_lanes;
@@ -45,18 +58,30 @@ extern const uint8_t kz_pad64_block[64];
 
 extern const kz_backend kz_backend_portable;
 #if defined(__x86_64__) || defined(__i386__)
-#define KZ_HAVE_SHANI_CODE 1
+#define KZ_HAVE_X86_CODE 1
 extern const kz_backend kz_backend_shani;
+/* The SIMD share pipelines (sha256_avx2.c, sha256_avx512.c). */
+void kz_group_avx2(const struct kz_job *job, const struct kz_sub *subs, size_t n,
+                   struct kz_result *results);
+void kz_group_avx512(const struct kz_job *job, const struct kz_sub *subs, size_t n,
+                     struct kz_result *results);
+#define KZ_AVX2_LANES 8
+#define KZ_AVX512_LANES 16
 #endif
 
-/* Which backends this CPU can run (checked with cpuid, not at compile time). */
+/* What this CPU and OS can run (cpuid and xgetbv at run time, not compile-time flags). */
 int kz_cpu_has_shani(void);
+int kz_cpu_has_avx2(void);
+int kz_cpu_has_avx512(void);
 
 /* The backend in use; chosen once by kz_sha256_init(), changeable for tests. */
 const kz_backend *kz_active_backend(void);
 void kz_sha256_init(void);
-/* Select by name ("auto", "portable", "sha-ni"); returns 0 on success, -1 if unknown or unsupported. */
+/* Select by name ("auto", "portable", "sha-ni", "avx2", "avx512", "avx2+sha-ni", "avx512+sha-ni");
+ * returns 0 on success, -1 if unknown or not supported by this CPU. */
 int kz_select_backend(const char *name);
+/* The names of every backend this CPU can run, NULL-terminated. */
+const char *const *kz_supported_backends(void);
 
 extern const uint32_t kz_sha256_iv[8];
 extern const uint32_t kz_sha256_k[64];

@@ -17,23 +17,37 @@ static inline uint32_t load_be32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-/* One block; w[0..15] holds the message words and is extended in place. */
+#define ROUND(a, b, c, d, e, f, g, h, i)                                               \
+    do {                                                                               \
+        uint32_t t1_ = h + BSIG1(e) + CH(e, f, g) + kz_sha256_k[i] + w[i];             \
+        d += t1_;                                                                      \
+        h = t1_ + BSIG0(a) + MAJ(a, b, c);                                             \
+    } while (0)
+
+/* Eight rounds from i; a..h rotate by renaming instead of seven moves per round. */
+#define ROUNDS8(i)                                                                     \
+    do {                                                                               \
+        ROUND(a, b, c, d, e, f, g, h, (i) + 0);                                        \
+        ROUND(h, a, b, c, d, e, f, g, (i) + 1);                                        \
+        ROUND(g, h, a, b, c, d, e, f, (i) + 2);                                        \
+        ROUND(f, g, h, a, b, c, d, e, (i) + 3);                                        \
+        ROUND(e, f, g, h, a, b, c, d, (i) + 4);                                        \
+        ROUND(d, e, f, g, h, a, b, c, (i) + 5);                                        \
+        ROUND(c, d, e, f, g, h, a, b, (i) + 6);                                        \
+        ROUND(b, c, d, e, f, g, h, a, (i) + 7);                                        \
+    } while (0)
+
+/* One block; w[0..15] holds the message words and is extended in place to w[0..63]. */
 static void compress_words(uint32_t state[8], uint32_t w[64])
 {
-    {
-        uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
-        uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
-        for (int i = 16; i < 64; i++)
-            w[i] = SSIG1(w[i - 2]) + w[i - 7] + SSIG0(w[i - 15]) + w[i - 16];
-        for (int i = 0; i < 64; i++) {
-            uint32_t t1 = h + BSIG1(e) + CH(e, f, g) + kz_sha256_k[i] + w[i];
-            uint32_t t2 = BSIG0(a) + MAJ(a, b, c);
-            h = g; g = f; f = e; e = d + t1;
-            d = c; c = b; b = a; a = t1 + t2;
-        }
-        state[0] += a; state[1] += b; state[2] += c; state[3] += d;
-        state[4] += e; state[5] += f; state[6] += g; state[7] += h;
-    }
+    for (int i = 16; i < 64; i++)
+        w[i] = SSIG1(w[i - 2]) + w[i - 7] + SSIG0(w[i - 15]) + w[i - 16];
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+    for (int i = 0; i < 64; i += 8)
+        ROUNDS8(i);
+    state[0] += a; state[1] += b; state[2] += c; state[3] += d;
+    state[4] += e; state[5] += f; state[6] += g; state[7] += h;
 }
 
 static void compress_portable(uint32_t state[8], const uint8_t *blocks, size_t nblocks)
@@ -68,6 +82,10 @@ static void compress_pad64_lanes_portable(size_t n, uint32_t *const states[])
         compress_portable(states[i], kz_pad64_block, 1);
 }
 
-const kz_backend kz_backend_portable = {"portable", compress_portable, compress_lanes_portable,
-                                        compress_pad64_lanes_portable,
-                                        compress_words_lanes_portable};
+const kz_backend kz_backend_portable = {
+    .name = "portable",
+    .compress = compress_portable,
+    .compress_lanes = compress_lanes_portable,
+    .compress_pad64_lanes = compress_pad64_lanes_portable,
+    .compress_words_lanes = compress_words_lanes_portable,
+};

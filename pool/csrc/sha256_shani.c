@@ -7,7 +7,7 @@
  */
 #include "sha256.h"
 
-#ifdef KZ_HAVE_SHANI_CODE
+#ifdef KZ_HAVE_X86_CODE
 
 #include <immintrin.h>
 
@@ -217,7 +217,12 @@ static void compress_lanes_shani(size_t n, uint32_t *const states[], const uint8
         compress_shani(states[i], blocks[i], 1);
 }
 
-const kz_backend kz_backend_shani = {"sha-ni", compress_shani, compress_lanes_shani,
-                                     compress_pad64_lanes_shani, compress_words_lanes_shani};
+const kz_backend kz_backend_shani = {
+    .name = "sha-ni",
+    .compress = compress_shani,
+    .compress_lanes = compress_lanes_shani,
+    .compress_pad64_lanes = compress_pad64_lanes_shani,
+    .compress_words_lanes = compress_words_lanes_shani,
+};
 
 #endif

@@ -37,17 +37,7 @@ int kz_le256_leq(const uint8_t a[32], const uint8_t b[32])
     return 1;
 }
 
-/* The coinbase after coinb1's whole blocks: four parts, hashed as one message resuming from the
- * midstate. Built block by block so no buffer the size of coinb2 is ever needed. */
-typedef struct {
-    const uint8_t *part[4];
-    size_t part_len[4];
-    size_t len;                 /* sum of part_len */
-    size_t nblocks;             /* blocks including SHA-256 padding */
-    uint64_t total_bits;        /* whole coinbase length in bits, for the padding */
-} coinbase_tail;
-
-static void coinbase_tail_init(coinbase_tail *t, const kz_job *job, const kz_sub *sub)
+void kz_coinbase_tail_init(kz_coinbase_tail *t, const kz_job *job, const kz_sub *sub)
 {
     t->part[0] = job->coinb1_rest;  t->part_len[0] = job->coinb1_rest_len;
     t->part[1] = sub->extranonce1;  t->part_len[1] = sub->extranonce1_len;
@@ -66,8 +56,7 @@ static inline void store_be64(uint8_t *p, uint64_t v)
     }
 }
 
-/* Block `b` (64 bytes) of the padded tail. */
-static void coinbase_tail_block(const coinbase_tail *t, size_t b, uint8_t out[64])
+void kz_coinbase_tail_block(const kz_coinbase_tail *t, size_t b, uint8_t out[64])
 {
     size_t lo = 64 * b, hi = lo + 64, pos = 0;
     memset(out, 0, 64);
@@ -104,13 +93,13 @@ void kz_merkle_root(const kz_backend *be, const uint8_t coinbase_hash[32], const
 static void coinbase_first_sha_lanes(const kz_job *job, const kz_backend *be, const kz_sub *subs,
                                      size_t n, uint32_t st[][8])
 {
-    coinbase_tail tails[KZ_MAX_LANES];
+    kz_coinbase_tail tails[KZ_MAX_LANES];
     uint8_t blk[KZ_MAX_LANES][64];
     uint32_t *states[KZ_MAX_LANES];
     const uint8_t *blocks[KZ_MAX_LANES];
     size_t most_blocks = 0;
     for (size_t j = 0; j < n; j++) {
-        coinbase_tail_init(&tails[j], job, &subs[j]);
+        kz_coinbase_tail_init(&tails[j], job, &subs[j]);
         memcpy(st[j], job->coinb1_midstate, sizeof st[j]);
         if (tails[j].nblocks > most_blocks)
             most_blocks = tails[j].nblocks;
@@ -120,7 +109,7 @@ static void coinbase_first_sha_lanes(const kz_job *job, const kz_backend *be, co
         for (size_t j = 0; j < n; j++) {
             if (b >= tails[j].nblocks)
                 continue;
-            coinbase_tail_block(&tails[j], b, blk[j]);
+            kz_coinbase_tail_block(&tails[j], b, blk[j]);
             states[active] = st[j];
             blocks[active] = blk[j];
             active++;
@@ -194,8 +183,7 @@ static void validate_group(const kz_job *job, const kz_backend *be, const kz_sub
     /* Header: little-endian integers, read by SHA-256 as big-endian words, hence bswap32. */
     for (size_t j = 0; j < n; j++) {
         const kz_sub *sub = &subs[j];
-        uint32_t version = (job->version & ~job->version_mask) | (sub->version_bits & job->version_mask);
-        g.header1[j][0] = bswap32(version);
+        g.header1[j][0] = bswap32(kz_header_version(job, sub));
         memcpy(g.header1[j] + 1, job->prevhash_words, 8 * sizeof(uint32_t));
         memcpy(g.header1[j] + 9, g.st[j], 7 * sizeof(uint32_t));   /* merkle root, bytes 36..63 */
         g.header2[j][0] = g.st[j][7];                               /* merkle root, bytes 64..67 */
@@ -209,16 +197,29 @@ static void validate_group(const kz_job *job, const kz_backend *be, const kz_sub
     hash_digest(be, &g, n);
     for (size_t j = 0; j < n; j++) {
         kz_state_to_bytes(g.st[j], results[j].hash);
-        results[j].meets_share = !subs[j].share_target_negative &&
-                                 kz_le256_leq(results[j].hash, subs[j].share_target);
-        results[j].meets_network = !job->network_target_negative &&
-                                   kz_le256_leq(results[j].hash, job->network_target);
+        kz_judge(job, &subs[j], &results[j]);
     }
+}
+
+void kz_judge(const kz_job *job, const kz_sub *sub, kz_result *res)
+{
+    res->meets_share = !sub->share_target_negative && kz_le256_leq(res->hash, sub->share_target);
+    res->meets_network = !job->network_target_negative && kz_le256_leq(res->hash, job->network_target);
 }
 
 void kz_validate_shares(const kz_job *job, const kz_backend *be, const kz_sub *subs, size_t n,
                         kz_result *results)
 {
+    if (be->group) {
+        /* Full SIMD groups while enough shares are left to fill most lanes. */
+        while (n >= be->group_min) {
+            size_t group = n < be->group_lanes ? n : be->group_lanes;
+            be->group(job, subs, group, results);
+            subs += group;
+            results += group;
+            n -= group;
+        }
+    }
     for (size_t i = 0; i < n; i += KZ_MAX_LANES) {
         size_t group = n - i < KZ_MAX_LANES ? n - i : KZ_MAX_LANES;
         validate_group(job, be, subs + i, group, results + i);

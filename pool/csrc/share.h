@@ -15,7 +15,7 @@
 /* A merkle branch deeper than this cannot occur: a block would need 2^64 transactions. */
 #define KZ_MAX_BRANCH_LEVELS 64
 
-typedef struct {
+typedef struct kz_job {
     /* SHA-256 state after the whole 64-byte blocks of coinb1, computed once per batch. */
     uint32_t coinb1_midstate[8];
     uint64_t coinb1_hashed_len;        /* bytes already in the midstate (multiple of 64) */
@@ -36,7 +36,7 @@ typedef struct {
     uint32_t branch_words[KZ_MAX_BRANCH_LEVELS][8];
 } kz_job;
 
-typedef struct {
+typedef struct kz_sub {
     const uint8_t *extranonce1;
     size_t extranonce1_len;
     const uint8_t *extranonce2;
@@ -48,7 +48,7 @@ typedef struct {
     uint8_t share_target_negative;     /* a negative int target: no hash meets it (as in Python) */
 } kz_sub;
 
-typedef struct {
+typedef struct kz_result {
     uint8_t hash[32];                  /* header dSHA256, internal order */
     uint8_t meets_share;
     uint8_t meets_network;
@@ -60,6 +60,29 @@ void kz_job_prepare(kz_job *job, const kz_backend *be, const uint8_t *coinb1, si
 
 void kz_validate_shares(const kz_job *job, const kz_backend *be, const kz_sub *subs, size_t n,
                         kz_result *results);
+
+/* The coinbase after coinb1's whole blocks: four parts, hashed as one message resuming from the
+ * midstate. Built block by block so no buffer the size of coinb2 is ever needed. */
+typedef struct {
+    const uint8_t *part[4];
+    size_t part_len[4];
+    size_t len;                 /* sum of part_len */
+    size_t nblocks;             /* blocks including SHA-256 padding */
+    uint64_t total_bits;        /* whole coinbase length in bits, for the padding */
+} kz_coinbase_tail;
+
+void kz_coinbase_tail_init(kz_coinbase_tail *t, const kz_job *job, const kz_sub *sub);
+/* Block `b` (64 bytes) of the padded tail. */
+void kz_coinbase_tail_block(const kz_coinbase_tail *t, size_t b, uint8_t out[64]);
+
+/* Header nVersion of a submission after the job's version mask. */
+static inline uint32_t kz_header_version(const kz_job *job, const kz_sub *sub)
+{
+    return (job->version & ~job->version_mask) | (sub->version_bits & job->version_mask);
+}
+
+/* Fill meets_share / meets_network from the hash already in `res`. */
+void kz_judge(const kz_job *job, const kz_sub *sub, kz_result *res);
 
 /* 1 if the 32-byte little-endian numbers satisfy a <= b. */
 int kz_le256_leq(const uint8_t a[32], const uint8_t b[32]);
