@@ -3,6 +3,8 @@ so a bad record can never poison a batch or the spill file), worker-name resolut
 INSERT that ignores duplicates (replay after a crash or a spill is idempotent)."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,8 @@ from .models import MICROS_PER_SECOND, Account, Worker
 
 if TYPE_CHECKING:
     from .sharelog import ShareRecord
+
+log = logging.getLogger(__name__)
 
 WorkerKey = tuple[str, str]  # (login, worker name)
 UINT32_MAX = 2**32 - 1
@@ -81,20 +85,68 @@ def _first_invalid_field(record: ShareRecord) -> str:
 
 
 class ShareRowWriter:
-    """Inserts batches of ShareRows, one transaction each, on a connection the caller owns.
+    """Inserts batches of ShareRows, one transaction each, on a connection of its own.
     The batch INSERT goes straight to the driver (sqlite3 executemany, asyncpg unnest): SQLAlchemy's
-    per-row parameter processing alone would cost more than the whole insert."""
+    per-row parameter processing alone would cost more than the whole insert.
+    Not for concurrent use: one batch at a time."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, commit_timeout_s: float) -> None:
         self._db = db
+        self.commit_timeout_s = commit_timeout_s
+        self._conn: AsyncConnection | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._insert_accounts = db.insert_ignoring_duplicates(Account.__table__)
         self._insert_workers = db.insert_ignoring_duplicates(Worker.__table__)
         # Filled only after a commit, so a rolled-back transaction never leaves a dangling id.
         self._worker_ids: dict[WorkerKey, int] = {}
 
-    async def write(self, conn: AsyncConnection, rows: Sequence[ShareRow]) -> None:
-        """Insert `rows` and commit; shares already stored (same hash and worker) are skipped.
-        New workers are committed first, on their own: a worker row without shares is harmless."""
+    async def write(self, rows: Sequence[ShareRow]) -> bool:
+        """Insert and commit `rows`; True once committed. Any failure (refused, lost connection,
+        locked file, a commit hanging past commit_timeout_s) is logged and returns False: the
+        caller spills, and the connection is replaced on the next try. A batch that failed may
+        still have committed; replaying it is harmless, duplicates are skipped."""
+        try:
+            async with asyncio.timeout(self.commit_timeout_s):
+                if self._conn is None:
+                    self._conn = await self._db.engine.connect()
+                await self._insert(self._conn, rows)
+            return True
+        except Exception as exc:  # every failure means "not stored": the caller must spill
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning("event=db_write_failed rows=%d error=%s detail=%r", len(rows),
+                        type(exc).__name__, first_line[:200])
+            self._discard_connection()
+            return False
+
+    def _discard_connection(self) -> None:
+        """Drop the connection without waiting: a connection stuck in a hung statement (SQLite's
+        thread in a busy wait, a half-open socket) must not hold up the spill path."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            task = asyncio.create_task(self._close_quietly(conn, invalidate=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_quietly(conn: AsyncConnection, invalidate: bool) -> None:
+        try:
+            async with asyncio.timeout(30.0):
+                if invalidate:
+                    await conn.invalidate()  # after a failure its state is unknown: never reuse
+                await conn.close()
+        except Exception:  # a dead connection may fail to close; it is discarded either way
+            pass
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close_quietly(conn, invalidate=False)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=1.0)
+
+    async def _insert(self, conn: AsyncConnection, rows: Sequence[ShareRow]) -> None:
+        """Shares already stored (same hash and worker) are skipped. New workers are committed
+        first, on their own: a worker row without shares is harmless."""
         worker_ids = self._worker_ids
         missing = {key for key, _ in rows if key not in worker_ids}
         if missing:
@@ -104,12 +156,10 @@ class ShareRowWriter:
         params = [(worker_ids[key], *values) for key, values in rows]
         driver = (await conn.get_raw_connection()).driver_connection
         if self._db.dialect == "sqlite":
-            try:
-                await driver.executemany(SQLITE_INSERT, params)
-                await driver.commit()
-            except BaseException:
-                await driver.rollback()
-                raise
+            # On failure write() discards the connection, which rolls back; no rollback here,
+            # since it would queue behind a statement stuck in SQLite's busy wait.
+            await driver.executemany(SQLITE_INSERT, params)
+            await driver.commit()
         else:
             # A single statement is its own transaction: one round trip per batch.
             await driver.execute(POSTGRES_INSERT, *zip(*params))

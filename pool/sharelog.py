@@ -1,28 +1,30 @@
 """The share log: accepted shares made durable, in batches, before the miner hears `true`.
 
-One writer task commits batches (group commit). While the database is unavailable, batches go to
-an fsync'd spill file instead and the log stays in spill mode: every later batch goes there too,
-so the file keeps the order, and the writer replays it into the database, oldest line first,
-whenever the database answers again. Only when the whole file is stored does the log switch back.
-Replay is idempotent (UNIQUE (share_hash, worker_id), inserts skip duplicates), so a crash at any
-point, including mid-replay, stores each acknowledged share exactly once.
+A writer task commits batches (group commit). When a commit fails, that batch and every later one
+go to an fsync'd spill file instead (spill mode), so the file keeps their order, and a replayer
+task moves the file into the database, oldest line first, whenever the database answers again;
+only when the whole file is stored does the log switch back. The replayer runs beside the writer,
+so probing a database that is down never delays an acknowledgement. Replay is idempotent
+(UNIQUE (share_hash, worker_id), inserts skip duplicates), so a crash at any point, mid-replay
+included, leaves each acknowledged share stored exactly once.
 
-Batching: the writer starts a commit as soon as it is free, so a batch is whatever arrived while
-the previous one committed; under light load that is one share and the latency one commit,
-under heavy load batches grow towards `max_batch` by themselves. A batch is closed early at
-`max_batch` records or at a block candidate.
+Batching (group commit): a batch closes at `max_batch` records, at a block candidate, or when its
+first share has waited as long as the previous commit took, capped at `max_delay_s`. So the
+writer spends at most about half its time committing and commits at most ~1/(2 x commit time)
+times a second however the load is spread, while a share waits about one to two commit times
+(~1 ms on a local disk) instead of a fixed window; a slow database stretches the window, never
+past `max_delay_s`. Under heavy load batches fill up before the window ends.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database
 from .share_rows import ShareRow, ShareRowWriter, share_row
@@ -78,6 +80,7 @@ class ShareLogClosed(RuntimeError):
 
 @dataclass(slots=True)
 class _Batch:
+    opened_at: float = 0.0  # time.monotonic() of its first record
     records: list[ShareRecord] = field(default_factory=list)
     rows: list[ShareRow] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -95,14 +98,11 @@ class ShareLog:
     def __init__(self, db: Database, spill_path: Path, max_batch: int = 2000,
                  max_delay_s: float = 0.05, *, commit_timeout_s: float = 5.0,
                  retry_interval_s: float = 1.0) -> None:
-        self._db = db
-        self._store = ShareRowWriter(db)
+        self._rows = ShareRowWriter(db, commit_timeout_s)
         self._spill = SpillFile(Path(spill_path))
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        # A commit hanging longer than this (network partition, lock) counts as an outage.
-        self.commit_timeout_s = commit_timeout_s
-        # How often the writer knocks on a database that is down.
+        # How often the replayer knocks on a database that is down.
         self.retry_interval_s = retry_interval_s
         self._open = _Batch()
         self._full: deque[_Batch] = deque()
@@ -110,11 +110,12 @@ class ShareLog:
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._conn: AsyncConnection | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        # Held while appending to, or emptying, the spill file and while switching modes.
+        self._spill_lock = asyncio.Lock()
         self._closing = False
         self._spilling = False
         self._replay_offset = 0
-        self._retry_at = 0.0
         self.last_commit_latency_s = 0.0
         self.batches_committed = 0  # database commits, replays included
 
@@ -133,14 +134,16 @@ class ShareLog:
 
     async def start(self) -> None:
         """Open the spill file and replay whatever a previous run left in it, then start writing.
-        If the database is down, the log starts in spill mode and replays later."""
+        If the database is down, start in spill mode; the replayer keeps trying."""
         self._spill.open()
         if self._spill.size:
             self._spilling = True
             log.warning("event=spill_found path=%s bytes=%d", self._spill.path, self._spill.size)
             while self._spilling and await self._replay_step():
                 pass
-        self._writer = asyncio.create_task(self._run(), name="sharelog-writer")
+            if self._spilling:
+                self._start_replayer()
+        self._writer = asyncio.create_task(self._write_loop(), name="sharelog-writer")
 
     async def append(self, record: ShareRecord) -> None:
         """Return once `record` is committed to the database or fsync'd to the spill file.
@@ -150,104 +153,82 @@ class ShareLog:
         row = share_row(record)
         waiter = asyncio.get_running_loop().create_future()
         batch = self._open
-        batch.rows.append(row)
         batch.records.append(record)
+        batch.rows.append(row)
         batch.waiters.append(waiter)
         self._queued += 1
+        if len(batch.rows) == 1:
+            batch.opened_at = time.monotonic()
+            self._wakeup.set()
         if len(batch.rows) >= self.max_batch or record.is_block:
             self._full.append(batch)
             self._open = _Batch()
-        self._wakeup.set()
+            self._wakeup.set()  # ends the writer's linger
         await waiter
 
     async def close(self) -> None:
-        """Store everything appended so far (database or spill), then release the files."""
+        """Store everything appended so far (database or spill), then release the files.
+        A spill backlog not yet replayed stays in the file for the next start."""
         self._closing = True
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
-        await self._drop_connection()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+        await self._rows.close()
         self._spill.close()
 
-    def _take_batch(self) -> _Batch | None:
-        if self._full:
-            batch = self._full.popleft()
-        elif self._open.rows:
-            batch, self._open = self._open, _Batch()
+    async def _next_batch(self) -> _Batch | None:
+        """The next batch to store, once it is full or its window has passed; None when closed."""
+        while not self._full:
+            linger = min(self.max_delay_s, self.last_commit_latency_s)
+            wait = self._open.opened_at + linger - time.monotonic()
+            if self._open.rows and (wait <= 0 or self._closing):
+                batch, self._open = self._open, _Batch()
+                break
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            if self._open.rows:  # linger: woken early only by a full batch or close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
         else:
-            return None
+            batch = self._full.popleft()
         self._queued -= len(batch.rows)
         self._in_flight = len(batch.rows)
         return batch
 
-    async def _run(self) -> None:
+    async def _write_loop(self) -> None:
+        while (batch := await self._next_batch()) is not None:
+            started = time.perf_counter()
+            error = await self._store(batch)
+            self.last_commit_latency_s = time.perf_counter() - started
+            self._in_flight = 0
+            batch.settle(error)
+
+    async def _store(self, batch: _Batch) -> BaseException | None:
+        """Commit the batch to the database, or else fsync it to the spill file."""
+        db_failed = False
         while True:
-            batch = self._take_batch()
-            if batch is not None:
-                await self._persist(batch)
-                self._in_flight = 0
-            if self._spilling and not self._closing and time.monotonic() >= self._retry_at:
-                await self._replay_step()
-            elif batch is None:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wait_for_work()
-
-    async def _wait_for_work(self) -> None:
-        if not self._spilling:
-            await self._wakeup.wait()
-            return
-        try:  # in spill mode, also wake up to retry the database
-            await asyncio.wait_for(self._wakeup.wait(), max(0.0, self._retry_at - time.monotonic()))
-        except TimeoutError:
-            pass
-
-    async def _persist(self, batch: _Batch) -> None:
-        started = time.perf_counter()
-        error: BaseException | None = None
-        if not self._spilling and await self._write_db(batch.rows):
-            pass
-        elif await self._write_spill(batch.records):
-            self._enter_spill_mode()
-        elif await self._write_db(batch.rows):
-            # The spill disk failed but the database answered: out of order, still stored once.
-            log.error("event=spill_bypassed rows=%d", len(batch.rows))
-        else:
-            error = ShareLogUnavailable("database and spill file both failed")
-        self.last_commit_latency_s = time.perf_counter() - started
-        batch.settle(error)
-
-    def _enter_spill_mode(self) -> None:
-        if not self._spilling:
-            self._spilling = True
-            self._retry_at = time.monotonic() + self.retry_interval_s
-            log.warning("event=spill_mode_on path=%s", self._spill.path)
-
-    async def _write_db(self, rows: list[ShareRow]) -> bool:
-        try:
-            async with asyncio.timeout(self.commit_timeout_s):
-                if self._conn is None:
-                    self._conn = await self._db.engine.connect()
-                await self._store.write(self._conn, rows)
-            self.batches_committed += 1
-            return True
-        except Exception as exc:  # any failure to store is an outage: spill, never drop
-            log.warning("event=db_write_failed rows=%d error=%s detail=%s", len(rows),
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            await self._drop_connection()
-            return False
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            async with asyncio.timeout(1.0):
-                await conn.invalidate()
-                await conn.close()
-        except Exception:  # a dead connection may fail to close; it is discarded either way
-            pass
+            if not self._spilling and not db_failed:
+                if await self._rows.write(batch.rows):
+                    self.batches_committed += 1
+                    return None
+                db_failed = True
+            async with self._spill_lock:
+                if self._spilling or db_failed:
+                    if not await self._write_spill(batch.records):
+                        return ShareLogUnavailable("database and spill file both failed")
+                    if not self._spilling:
+                        self._spilling = True
+                        log.warning("event=spill_mode_on path=%s", self._spill.path)
+                        self._start_replayer()
+                    return None
+            # The replayer caught up while this batch waited for the lock: the database is back.
 
     async def _write_spill(self, records: list[ShareRecord]) -> bool:
         try:
@@ -258,18 +239,30 @@ class ShareLog:
             log.error("event=spill_write_failed path=%s error=%s", self._spill.path, exc)
             return False
 
+    def _start_replayer(self) -> None:
+        if not self._closing and (self._replayer is None or self._replayer.done()):
+            self._replayer = asyncio.create_task(self._replay_loop(), name="sharelog-replayer")
+
+    async def _replay_loop(self) -> None:
+        while self._spilling:
+            await asyncio.sleep(self.retry_interval_s)
+            while self._spilling and await self._replay_step():
+                pass
+
     async def _replay_step(self) -> bool:
-        """Move the next lines of the spill file to the database. False if the database failed."""
+        """Move the next lines of the spill file to the database; False if the database failed.
+        Switches spill mode off once the whole file is stored."""
         spill_rows, next_offset = self._spill.read(self._replay_offset, self.max_batch)
         if spill_rows:
             rows = [share_row(ShareRecord(*spill_row)) for spill_row in spill_rows]
-            if not await self._write_db(rows):
-                self._retry_at = time.monotonic() + self.retry_interval_s
+            if not await self._rows.write(rows):
                 return False
+            self.batches_committed += 1
             self._replay_offset = next_offset
-        if self._replay_offset >= self._spill.size:
-            self._spill.clear()
-            self._replay_offset = 0
-            self._spilling = False
-            log.warning("event=spill_mode_off path=%s", self._spill.path)
+        async with self._spill_lock:
+            if self._replay_offset >= self._spill.size:
+                self._spill.clear()
+                self._replay_offset = 0
+                self._spilling = False
+                log.warning("event=spill_mode_off path=%s", self._spill.path)
         return True

@@ -160,6 +160,21 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture
+async def sqlite_database_url(tmp_path: Path,
+                              tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    async with migrated_database_url("sqlite", tmp_path, tmp_path_factory.getbasetemp()) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_database_url(tmp_path: Path,
+                                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    async with migrated_database_url("postgresql", tmp_path,
+                                     tmp_path_factory.getbasetemp()) as url:
+        yield url
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     try:
