@@ -1,0 +1,241 @@
+"""Prometheus metrics, read from the running pool when Prometheus scrapes (names start with `kzpool_`).
+
+Counters and gauges are derived at scrape time from what the components already count (the Stratum
+server's `ServerStats`, the job feed, the block book, node health, the share log), so the share path
+carries no metrics code. Three things cannot be read after the fact and are observed as they happen:
+- submit latency: the server keeps the latencies of accepted shares; each scrape drains them into a
+  histogram;
+- tip-to-notify and notify fan-out: `JobFeedTimer` times the job feed's `on_template`;
+- per-login hashrate: `MeteredShareSink` adds each accepted share's difficulty to `LoginWork`, a
+  sliding window per login, and only the top `per_login_top_n` logins are exported (0 exports none),
+  so a pool with 50 000 accounts does not make 50 000 series.
+Hashrate for the whole pool is derived in Grafana: rate(kzpool_accepted_difficulty_total) * 2^32.
+
+Extension point: features that land later (licences, audit log, attestation, curtailments, payouts)
+register their own collector on `PoolMetrics.registry`; nothing here has to change.
+"""
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from stratum.session import State
+
+from .metering import JobFeedTimer, LoginWork, MeteredShareSink
+from .targets import network_difficulty
+
+if TYPE_CHECKING:
+    from .app import PoolApp
+
+# Every reason a share can be refused for (stratum/submit.py, stratum/session.py): exported at 0 from
+# the start, so ratios and alerts have a series before the first refusal.
+REJECT_REASONS = ("stale", "duplicate", "low_difficulty", "bad_ntime", "bad_version_bits",
+                  "malformed_share", "unauthorized", "internal_error")
+# A share is acknowledged after a commit of the share log: milliseconds normally, seconds when sick.
+SUBMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_DRAIN = 100_000       # the server keeps at most this many latencies between scrapes
+
+
+def pool_version() -> str:
+    try:
+        return version("kzpool")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class PoolMetrics:
+    """Everything metrics need from one PoolApp: the registry, the login window, the job timer.
+
+    Build it before `app.start()` (so the first job is timed); it wraps `app.server.sink` and
+    `app.jobs.on_template`, which is all the instrumentation the share and job paths get.
+    """
+
+    def __init__(self, app: "PoolApp", per_login_top_n: int = 10, login_label: Callable[[str], str] = str,
+                 login_window_s: float = 600.0) -> None:
+        self.app = app
+        self.per_login_top_n = per_login_top_n
+        self.login_label = login_label        # the log anonymiser's pseudonym when log.anonymise is on
+        self.work = LoginWork(login_window_s)
+        app.server.sink = MeteredShareSink(app.server.sink, self.work)
+        self.timer = JobFeedTimer(app.jobs, lambda: app.server.stats.last_fanout_s)
+        self.submit_latency = Histogram("kzpool_share_submit_seconds", "Time from a share's arrival to its "
+                                        "durable acceptance (the `true` reply)", buckets=SUBMIT_BUCKETS,
+                                        registry=None)
+        self.registry = CollectorRegistry()
+        self.registry.register(PoolCollector(self))
+        ProcessCollector(namespace="kzpool", registry=self.registry)    # open fds vs the limit, memory, CPU
+
+
+def metrics_for(app: "PoolApp", **options: Any) -> PoolMetrics:
+    """The app's PoolMetrics: `app.metrics` when the composition root built one, else built now."""
+    existing = getattr(app, "metrics", None)
+    if isinstance(existing, PoolMetrics):
+        return existing
+    metrics = PoolMetrics(app, **options)
+    app.metrics = metrics   # type: ignore[attr-defined]  # until PoolApp builds it itself
+    return metrics
+
+
+def gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value, labels=None if value is not None else list(labels))
+
+
+def counter(name: str, doc: str, value: float | None = None, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value, labels=None if value is not None else list(labels))
+
+
+class PoolCollector(Collector):
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        app = self.metrics.app
+        yield self._build_info(app)
+        yield from self._connections(app)
+        yield from self._shares(app)
+        yield from self._jobs(app)
+        yield from self._blocks(app)
+        yield from self._nodes(app.source)
+        yield from self._share_log(getattr(app.sink, "store", None))
+        yield from self._logins()
+        yield from self._histograms(app)
+
+    @staticmethod
+    def _build_info(app: "PoolApp") -> Metric:
+        info = gauge("kzpool_build_info", "Version and configuration of the running pool (always 1)",
+                     labels=["version", "mode", "source", "hasher"])
+        info.add_metric([pool_version(), app.cfg.mode, app.source.name, app.hasher.name], 1)
+        return info
+
+    @staticmethod
+    def _connections(app: "PoolApp") -> Iterator[Metric]:
+        by_state = {s: 0 for s in State}
+        workers = 0
+        logins: set[str] = set()
+        for conn in app.server.connections.values():
+            by_state[conn.session.state] += 1
+            workers += len(conn.session.workers)
+            logins.update(acc.login for acc in conn.session.workers.values())
+        states = gauge("kzpool_connections", "Open Stratum connections by session state", labels=["state"])
+        for state, n in by_state.items():
+            states.add_metric([state.name.lower()], n)
+        yield states
+        yield gauge("kzpool_workers_authorized", "Workers authorized on open connections", workers)
+        yield gauge("kzpool_logins_connected", "Distinct logins with an authorized worker", len(logins))
+        stats = app.server.stats
+        yield counter("kzpool_connections_opened", "Stratum connections accepted", stats.connections_opened)
+        closed = counter("kzpool_connections_closed", "Stratum connections closed, by reason", labels=["reason"])
+        for reason, n in sorted(stats.connections_closed.items()):
+            closed.add_metric([reason], n)
+        yield closed
+
+    @staticmethod
+    def _shares(app: "PoolApp") -> Iterator[Metric]:
+        stats = app.server.stats
+        counts = {("rejected", r): 0 for r in REJECT_REASONS}
+        counts[("accepted", "")] = 0
+        counts.update(stats.shares)
+        shares = counter("kzpool_shares", "Shares by result and reject reason", labels=["result", "reason"])
+        for (result, reason), n in sorted(counts.items()):
+            shares.add_metric([result, reason], n)
+        yield shares
+        yield counter("kzpool_accepted_difficulty", "Sum of the difficulty of accepted shares; "
+                      "rate() * 2^32 is the pool's hashrate in hashes/s", stats.accepted_difficulty)
+
+    def _jobs(self, app: "PoolApp") -> Iterator[Metric]:
+        feed, now = app.jobs, time.time()
+        yield counter("kzpool_tip_changes", "New chain tips seen by the job feed (clean jobs)", feed.tip_changes)
+        if feed.template is None:
+            return
+        tpl = feed.template
+        yield gauge("kzpool_template_age_seconds", "Seconds since the job feed got its last template",
+                    max(0.0, now - feed.last_template_at))
+        if self.metrics.timer.tip_at:
+            yield gauge("kzpool_tip_age_seconds", "Seconds since the chain tip changed",
+                        max(0.0, now - self.metrics.timer.tip_at))
+        yield gauge("kzpool_template_height", "Height of the block the current template builds", tpl.height)
+        yield gauge("kzpool_network_difficulty", "Network difficulty of the current template",
+                    network_difficulty(tpl.bits))
+        yield gauge("kzpool_template_transactions", "Transactions in the current template", len(tpl.transactions))
+        yield gauge("kzpool_template_coinbase_value_satoshis", "Subsidy plus fees of the current template",
+                    tpl.coinbasevalue)
+
+    @staticmethod
+    def _blocks(app: "PoolApp") -> Iterator[Metric]:
+        book = app.sink.blocks
+        yield counter("kzpool_blocks_found", "Shares that met the network target", app.server.stats.blocks_found)
+        yield counter("kzpool_blocks_submitted", "Blocks submitted to the node(s)", book.submitted)
+        yield counter("kzpool_blocks_accepted", "Submitted blocks at least one node accepted", book.accepted)
+        yield counter("kzpool_blocks_rejected", "Submitted blocks no node accepted", book.rejected)
+        if book.found:
+            last = book.found[-1]
+            yield gauge("kzpool_last_block_timestamp_seconds", "Unix time of the last block found", last.at)
+            yield gauge("kzpool_last_block_height", "Height of the last block found", last.height)
+
+    @staticmethod
+    def _nodes(source: Any) -> Iterator[Metric]:
+        health = getattr(source, "health", None)
+        if health is None:          # the simulated chain runs in process: there is no node to watch
+            return
+        nodes = health()
+        now = time.monotonic()
+        families = {
+            "up": gauge("kzpool_node_up", "1 when the node answered its last call", labels=["node"]),
+            "stale": gauge("kzpool_node_stale", "1 when the node's last template was behind the tip in use",
+                           labels=["node"]),
+            "failures": gauge("kzpool_node_consecutive_failures", "Failed calls since the node last answered",
+                              labels=["node"]),
+            "templates": counter("kzpool_node_templates", "Templates received from the node", labels=["node"]),
+            "height": gauge("kzpool_node_height", "Height the node's last template builds", labels=["node"]),
+            "ok_age": gauge("kzpool_node_last_ok_age_seconds", "Seconds since the node last answered",
+                            labels=["node"]),
+        }
+        for n in nodes:
+            families["up"].add_metric([n.name], 1 if n.healthy else 0)
+            families["stale"].add_metric([n.name], 1 if n.stale else 0)
+            families["failures"].add_metric([n.name], n.failures)
+            families["templates"].add_metric([n.name], n.templates)
+            if n.height >= 0:
+                families["height"].add_metric([n.name], n.height)
+            if n.last_ok_s > 0:
+                families["ok_age"].add_metric([n.name], max(0.0, now - n.last_ok_s))
+        yield from families.values()
+
+    @staticmethod
+    def _share_log(store: Any) -> Iterator[Metric]:
+        if store is None or not hasattr(store, "queue_depth"):
+            return      # no share log wired (tests, or a pool that does not store shares)
+        yield gauge("kzpool_sharelog_queue_depth", "Accepted shares waiting to be durable", store.queue_depth)
+        yield gauge("kzpool_sharelog_last_commit_seconds", "Duration of the share log's last commit",
+                    store.last_commit_latency_s)
+        if hasattr(store, "spilling"):
+            yield gauge("kzpool_sharelog_spilling", "1 while the database is unavailable and shares go to "
+                        "the spill file", 1 if store.spilling else 0)
+        if hasattr(store, "batches_committed"):
+            yield counter("kzpool_sharelog_commits", "Share-log batches committed to the database",
+                          store.batches_committed)
+
+    def _logins(self) -> Iterator[Metric]:
+        m = self.metrics
+        if m.per_login_top_n <= 0:
+            return
+        family = gauge("kzpool_login_hashrate_hps", f"Hashrate of the top {m.per_login_top_n} logins over the "
+                       f"last {m.work.window_s:g} s, from accepted shares", labels=["login"])
+        for login, hps in m.work.top(m.per_login_top_n):
+            family.add_metric([m.login_label(login)], hps)
+        yield family
+
+    def _histograms(self, app: "PoolApp") -> Iterator[Metric]:
+        latencies = app.server.stats.submit_latencies
+        taken = latencies[:MAX_DRAIN]
+        del latencies[:len(taken)]
+        for seconds in taken:
+            self.metrics.submit_latency.observe(seconds)
+        yield from self.metrics.submit_latency.collect()
+        yield from self.metrics.timer.tip_to_notify.collect()
+        yield from self.metrics.timer.fanout.collect()
