@@ -45,9 +45,9 @@ class PiiDecryptError(ValueError):
 
 
 def parse_key(text: bytes) -> bytes:
-    """32 raw bytes, or 64 hex digits, or base64 of 32 bytes (surrounding whitespace ignored)."""
-    if len(text) == KEY_BYTES:
-        return bytes(text)
+    """64 hex digits, or base64 of 32 bytes (surrounding whitespace ignored), or 32 raw bytes.
+    32 printable characters are refused rather than taken as a raw key: that is a typed password
+    or a short hex key, not 256 random bits."""
     stripped = text.strip()
     for decode in (bytes.fromhex, base64.b64decode):
         try:
@@ -56,6 +56,8 @@ def parse_key(text: bytes) -> bytes:
             continue
         if len(key) == KEY_BYTES:
             return key
+    if len(text) == KEY_BYTES and not (text.isascii() and bytes(text).decode().isprintable()):
+        return bytes(text)
     raise PiiKeyError(f"a PII key must be {KEY_BYTES} bytes: raw, 64 hex digits or base64")
 
 

@@ -227,8 +227,9 @@ class LicenceRegistry:
                  "status": r.status, "suspended_until": r.suspended_until, "status_reason": None,
                  "status_changed_at": now, "datacentre_id": r.datacentre, "payout_address": r.payout_address}
                 for r in rows])
-            ids = dict((await conn.execute(select(Licence.login, Licence.id).where(
-                Licence.login.in_([r.login for r in rows])))).tuples().all())
+            inserted = await conn.execute(select(Licence.login, Licence.id).where(
+                Licence.login.in_([r.login for r in rows])))
+            ids = {login: licence_id for login, licence_id in inserted}
             await conn.execute(insert(LicenceEvent), [
                 {"licence_id": ids[r.login], "at": now, "action": "imported", "status": r.status,
                  "suspended_until": r.suspended_until, "reason": "import"} for r in rows])
