@@ -187,7 +187,19 @@ def test_merkle_root_rejects_bad_input(coinbase_hash: Any, branch: Any, error: t
         kzhash.merkle_root(coinbase_hash, branch)
 
 
+def test_every_parameter_can_be_given_by_keyword() -> None:
+    assert kzhash.validate_batch(**GOOD_JOB, subs=[GOOD_SUB], version_mask=0xFFFFFFFF, result_type=None) == call()
+
+
 def test_wrong_argument_counts_and_keywords_raise_type_error() -> None:
+    with pytest.raises(TypeError):     # subs twice: positionally and by keyword
+        kzhash.validate_batch(*(GOOD_JOB[k] for k in JOB_ORDER), [GOOD_SUB], subs=[GOOD_SUB])
+    with pytest.raises(TypeError):
+        kzhash.validate_batch(*(GOOD_JOB[k] for k in JOB_ORDER), [GOOD_SUB], 0xFFFFFFFF)   # 9 positional
+    with pytest.raises(TypeError):
+        kzhash.validate_batch(**{k: GOOD_JOB[k] for k in JOB_ORDER})                    # subs missing
+    with pytest.raises(TypeError):
+        kzhash.validate_batch()
     with pytest.raises(TypeError):
         kzhash.validate_batch(b"", b"")
     with pytest.raises(TypeError):
