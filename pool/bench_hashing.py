@@ -103,6 +103,32 @@ def bench_shares(c_hasher: Any, levels: int, count: int, repeat: int, min_second
     return rates
 
 
+def bench_backends(kzhash: Any, count: int, repeat: int, min_seconds: float) -> dict[str, dict[str, float]]:
+    """C batch and one-share-per-call rates with each SHA-256 backend this CPU supports (12 levels)."""
+    from .native import CShareHasher
+    coinb1, coinb2 = coinbase_parts()
+    job, subs = make_job(HEADLINE_LEVELS, coinb1, coinb2), make_subs(count)
+    singles = [[s] for s in subs]
+    out: dict[str, dict[str, float]] = {}
+    previous = kzhash.backend()
+    try:
+        for name in kzhash.supported_backends():
+            kzhash.set_backend(name)
+            hasher = CShareHasher(kzhash)
+
+            def one_call_per_share() -> None:
+                for single in singles:
+                    hasher.hash_batch(job, single)
+
+            out[name] = {
+                "c_batch_shares_per_s": best_rate(lambda: hasher.hash_batch(job, subs), count, repeat, min_seconds),
+                "c_single_shares_per_s": best_rate(one_call_per_share, count, repeat, min_seconds),
+            }
+    finally:
+        kzhash.set_backend(previous)
+    return out
+
+
 def bench_headers(kzhash: Any, count: int, repeat: int, min_seconds: float) -> dict[str, float]:
     headers = [os.urandom(80) for _ in range(count)]
     sha256 = hashlib.sha256
@@ -182,6 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report.update({k: v for k, v in report["shares"][str(HEADLINE_LEVELS)].items()
                    if k.endswith("_per_s") or k.startswith("ratio_")})
     report["headline_branch_levels"] = HEADLINE_LEVELS
+    if args.all_backends and kzhash is not None:
+        report["backends"] = bench_backends(kzhash, args.shares, args.repeat, args.min_seconds)
     report["headers"] = bench_headers(kzhash, args.shares, args.repeat, args.min_seconds)
     report["openssl"] = None if args.no_openssl else openssl_speed(args.openssl_seconds)
     c_rate = report["headers"].get("c_compressions_per_s")
@@ -203,6 +231,11 @@ def format_text(r: dict[str, Any]) -> str:
         lines.append(f"{levels:>6} {s['hashlib_shares_per_s']:>13,.0f} {s.get('c_single_shares_per_s', 0):>14,.0f} "
                      f"{s.get('c_batch_shares_per_s', 0):>13,.0f} {s.get('ratio_single_vs_hashlib', 0):>14.1f}x "
                      f"{s.get('ratio_batch_vs_hashlib', 0):>13.1f}x")
+    if "backends" in r:
+        lines += ["", f"C per backend, {r['headline_branch_levels']}-level branch (shares/s):",
+                  f"  {'backend':<14} {'batch':>12} {'one per call':>13}"]
+        for name, b in r["backends"].items():
+            lines.append(f"  {name:<14} {b['c_batch_shares_per_s']:>12,.0f} {b['c_single_shares_per_s']:>13,.0f}")
     h = r["headers"]
     lines += ["", "raw dSHA256 of 80-byte headers:",
               f"  hashlib loop   {h['hashlib_headers_per_s']:>14,.0f} headers/s"]
@@ -229,6 +262,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--min-seconds", type=float, default=0.2, help="minimum time per repeat (default 0.2)")
     parser.add_argument("--openssl-seconds", type=int, default=2, help="seconds per openssl block size")
     parser.add_argument("--no-openssl", action="store_true", help="skip the openssl comparison")
+    parser.add_argument("--all-backends", action="store_true",
+                        help="also time the C path with every SHA-256 backend this CPU supports")
     args = parser.parse_args(argv)
     if args.shares < 1 or args.repeat < 1:
         parser.error("--shares and --repeat must be at least 1")
