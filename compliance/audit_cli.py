@@ -89,7 +89,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     url = key_file = None
     if args.db or not args.pubkey:
         url, key_file = _settings(args)
-    keys = [parse_public_key(k) for k in args.pubkey] or [parse_public_key(key_file)]
+    keys = [parse_public_key(k) for k in args.pubkey]
+    if not keys:   # the pool's own key file: fine for the operator, an auditor brings the key
+        assert key_file is not None
+        keys = [parse_public_key(key_file)]
 
     async def work(db: Database | None) -> int:
         claimed = (await claimed_blocks_in_database(db) if db is not None
@@ -157,7 +160,7 @@ def _with_database(url: str, work: Callable[[Database], Any]) -> int:
         db = Database(url)
         try:
             await db.check_schema()
-            return await work(db)
+            return int(await work(db))
         finally:
             await db.close()
     return asyncio.run(run())

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from stratum.interfaces import Account, Peer, Refusal
+from stratum.interfaces import Account, Authorizer, Peer, Refusal
 
 if TYPE_CHECKING:
     from pool.template import SubmitOutcome
@@ -104,7 +104,7 @@ class AuditedAuthorizer:
     """An Authorizer that records every decision, accepted or refused, then returns it.
     The password the miner sent is never recorded."""
 
-    def __init__(self, inner: Any, audit: AuditLog) -> None:
+    def __init__(self, inner: Authorizer, audit: AuditLog) -> None:
         self.inner = inner
         self.audit = audit
 
