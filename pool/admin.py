@@ -8,7 +8,6 @@ register a section through `status_sections`.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import time
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from stratum.session import State
 
 from .metrics import metrics_for, pool_version
-from .metrics_http import HttpRequest, HttpResponse, start_http_server
+from .metrics_http import HttpRequest, HttpResponse, HttpServer, start_http_server
 
 if TYPE_CHECKING:
     from .app import PoolApp
@@ -102,7 +101,7 @@ def _nodes(app: "PoolApp") -> list[dict[str, Any]]:
 
 
 async def start_admin_server(app: "PoolApp", host: str, port: int,
-                             status_sections: dict[str, StatusSection] | None = None) -> asyncio.Server:
+                             status_sections: dict[str, StatusSection] | None = None) -> HttpServer:
     """Serves GET /status on a loopback address; raises AdminHostNotLocal for any other host."""
     if not is_loopback(host):
         raise AdminHostNotLocal(f"admin.host = {host!r}: the admin endpoint binds loopback addresses only "

@@ -47,22 +47,52 @@ class HttpResponse:
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
+class HttpServer:
+    """The listening socket and its open connections; `close()` ends both (asyncio.Server.close leaves
+    keep-alive connections open, and Prometheus would go on scraping through them)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def sockets(self) -> tuple:
+        return self.server.sockets if self.server else ()
+
+    @property
+    def port(self) -> int:
+        return self.sockets[0].getsockname()[1] if self.sockets else 0
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
 async def start_http_server(routes: dict[str, Handler], host: str, port: int, name: str,
-                            allow_peer: Callable[[str], bool] = lambda _host: True) -> asyncio.Server:
+                            allow_peer: Callable[[str], bool] = lambda _host: True) -> HttpServer:
     """Serves `routes` (exact paths, query strings ignored); `allow_peer` can refuse a client address."""
+    http = HttpServer()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
+        http.writers.add(writer)
         try:
             await _serve_connection(reader, writer, routes, (str(peer[0]), int(peer[1])), allow_peer, name)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
+            http.writers.discard(writer)
             writer.close()
 
-    server = await asyncio.start_server(serve, host, port, limit=MAX_HEADER_BYTES, reuse_address=True)
-    bound = server.sockets[0].getsockname()
-    log.info("http_listening name=%s host=%s port=%d paths=%s", name, bound[0], bound[1], ",".join(routes))
-    return server
+    http.server = await asyncio.start_server(serve, host, port, limit=MAX_HEADER_BYTES, reuse_address=True)
+    log.info("http_listening name=%s host=%s port=%d paths=%s", name, host, http.port, ",".join(routes))
+    return http
 
 
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -141,7 +171,7 @@ async def _write(writer: asyncio.StreamWriter, response: HttpResponse, method: s
     await writer.drain()
 
 
-async def start_metrics_server(app: "PoolApp", host: str, port: int) -> asyncio.Server:
+async def start_metrics_server(app: "PoolApp", host: str, port: int) -> HttpServer:
     """Serves GET /metrics in the Prometheus text format from the app's metrics registry."""
     from .metrics import metrics_for
     registry = metrics_for(app).registry
@@ -155,5 +185,5 @@ async def start_metrics_server(app: "PoolApp", host: str, port: int) -> asyncio.
     return await start_http_server({"/metrics": metrics, "/": index}, host, port, "metrics")
 
 
-def bound_port(server: asyncio.Server) -> int:
-    return server.sockets[0].getsockname()[1] if server.sockets else 0
+def bound_port(server: HttpServer) -> int:
+    return server.port
