@@ -60,7 +60,7 @@ class RefusalBackoff:
         self._trim(now)
         if entry.refusals == 1:
             return 0.0
-        return min(self.max_s, self.base_s * 2 ** (entry.refusals - 2))
+        return float(min(self.max_s, self.base_s * 2.0 ** (entry.refusals - 2)))
 
     def _trim(self, now: float) -> None:
         if len(self._entries) <= self.max_tracked:

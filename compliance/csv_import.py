@@ -173,9 +173,10 @@ def check_datacentres(text: str, snapshot: RegistrySnapshot) -> tuple[list[Datac
         elif dc_id in snapshot.datacentre_owners:
             problems.add(row, "id", "duplicate data centre id: already registered")
         first_row.setdefault(dc_id, row)
-        fields = [_required(rec, c, row, problems) for c in ("name", "region", "address")]
+        name, region, address = (_required(rec, c, row, problems) for c in ("name", "region", "address"))
         owner = _iin_bin(rec, "owner_iin_bin", row, problems)
-        rows.append(DatacentreRow(row, dc_id, *fields, owner, _networks(rec["cidrs"], row, problems)))
+        rows.append(DatacentreRow(row, dc_id, name, region, address, owner,
+                                  _networks(rec["cidrs"], row, problems)))
     # Ranges already registered come first, so an overlap is reported on the file's row.
     ranges: list[tuple[IpNetwork, str]] = list(snapshot.networks)
     where: list[int | None] = [None] * len(ranges)

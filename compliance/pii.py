@@ -67,8 +67,10 @@ class PiiBox:
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != KEY_BYTES:
             raise PiiKeyError(f"a PII key must be {KEY_BYTES} bytes")
-        self._enc_key, self._index_key = HKDF(master_key, KEY_BYTES, _HKDF_SALT, SHA256, num_keys=2,
-                                              context=b"kzpool personal data")
+        keys = HKDF(master_key, KEY_BYTES, _HKDF_SALT, SHA256, num_keys=2, context=b"kzpool personal data")
+        assert isinstance(keys, tuple)
+        self._enc_key: bytes = keys[0]
+        self._index_key: bytes = keys[1]
 
     def __repr__(self) -> str:          # keep keys out of tracebacks and debug dumps
         return "PiiBox(<key hidden>)"

@@ -80,7 +80,7 @@ async def registry_dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     async with db.engine.connect() as conn:
         for model in (Datacentre, DatacentreNetwork, Licence, LicenceEvent):
-            rows = await conn.execute(select(model.__table__).order_by(*model.__table__.primary_key.columns))
+            rows = await conn.execute(select(model.__table__).order_by(*model.__table__.primary_key))
             out[model.__tablename__] = [tuple(r) for r in rows]
     return out
 
