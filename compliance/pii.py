@@ -68,7 +68,7 @@ class PiiBox:
         if len(master_key) != KEY_BYTES:
             raise PiiKeyError(f"a PII key must be {KEY_BYTES} bytes")
         keys = HKDF(master_key, KEY_BYTES, _HKDF_SALT, SHA256, num_keys=2, context=b"kzpool personal data")
-        assert isinstance(keys, tuple)
+        assert isinstance(keys, (list, tuple))      # num_keys=2: two separate keys
         self._enc_key: bytes = keys[0]
         self._index_key: bytes = keys[1]
 
