@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Date, DateTime, Enum, ForeignKey, Integer, LargeBinary, String, func
+from sqlalchemy import BigInteger, Date, DateTime, Enum, ForeignKey, Integer, LargeBinary, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pool.models import Base
@@ -63,6 +63,9 @@ class Licence(Base):
     suspended_until: Mapped[date | None] = mapped_column(Date)          # exclusive: valid again from
     status_reason: Mapped[str | None] = mapped_column(String(512))
     status_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Bumped by every write (MAX + 1 under the registry's write lock, so it grows in commit order):
+    # the watcher reads only rows changed since its last poll.
+    change_seq: Mapped[int] = mapped_column(BigInteger, index=True)
     datacentre_id: Mapped[str] = mapped_column(ForeignKey("datacentres.id"), index=True)
     payout_address: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

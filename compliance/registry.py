@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Callable
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pool.db import Database
@@ -112,13 +112,15 @@ class LicenceRegistry:
         return LicenceRecord(self._dates(row), row.licence_no, row.subtype, row.datacentre_id,
                              tuple(ipaddress.ip_network(c) for c in cidrs))
 
-    async def all_dates(self) -> list[LicenceDates]:
-        """Every licence's standing fields: the watcher's poll, one narrow scan."""
+    async def licence_dates(self, since_seq: int = 0) -> tuple[list[LicenceDates], int]:
+        """The standing fields of licences changed after `since_seq` (0: all of them), and the
+        newest change_seq seen: the watcher's poll, which is one indexed range read when nothing
+        changed."""
         cols = (Licence.login, Licence.status, Licence.issued, Licence.expires, Licence.suspended_until,
-                Licence.status_reason)
+                Licence.status_reason, Licence.change_seq)
         async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(select(*cols))).all()
-        return [self._dates(r) for r in rows]
+            rows = (await conn.execute(select(*cols).where(Licence.change_seq > since_seq))).all()
+        return [self._dates(r) for r in rows], max((r.change_seq for r in rows), default=since_seq)
 
     async def list_licences(self, *, reveal: bool = False) -> list[LicenceView]:
         async with self.db.engine.connect() as conn:
@@ -189,6 +191,11 @@ class LicenceRegistry:
             snap.licence_nos.add(licence_no)
         return snap
 
+    async def _next_change_seq(self, conn: AsyncConnection) -> int:
+        # Inside the write lock, so two writers never take the same number and numbers become
+        # visible in the order they were taken.
+        return int((await conn.execute(select(func.coalesce(func.max(Licence.change_seq), 0)))).scalar_one()) + 1
+
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
         if self.audit is not None:
             self.audit(kind, payload)
@@ -220,8 +227,9 @@ class LicenceRegistry:
             if problems or dry_run or not rows:
                 await conn.rollback()
                 return ImportReport("licences", len(rows), problems, False)
+            seq = await self._next_change_seq(conn)
             await conn.execute(insert(Licence), [
-                {"login": r.login, "iin_bin_enc": self.pii.encrypt(r.iin_bin, "licences.iin_bin"),
+                {"login": r.login, "change_seq": seq, "iin_bin_enc": self.pii.encrypt(r.iin_bin, "licences.iin_bin"),
                  "iin_bin_index": self.pii.index(r.iin_bin), "name_enc": self.pii.encrypt(r.name, "licences.name"),
                  "licence_no": r.licence_no, "subtype": r.subtype, "issued": r.issued, "expires": r.expires,
                  "status": r.status, "suspended_until": r.suspended_until, "status_reason": None,
@@ -257,7 +265,8 @@ class LicenceRegistry:
                 raise RegistryError(f"login {login!r}: the licence is {before.value}, not "
                                     f"{' or '.join(sorted(s.value for s in allowed))}; nothing {action}")
             await conn.execute(update(Licence).where(Licence.id == row.id).values(
-                status=status, suspended_until=until, status_reason=reason, status_changed_at=now))
+                status=status, suspended_until=until, status_reason=reason, status_changed_at=now,
+                change_seq=await self._next_change_seq(conn)))
             await conn.execute(insert(LicenceEvent).values(licence_id=row.id, at=now, action=action, status=status,
                                                            suspended_until=until, reason=reason))
             await conn.commit()

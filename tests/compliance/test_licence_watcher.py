@@ -124,3 +124,22 @@ async def test_poll_failures_are_counted_and_polling_goes_on(clock: SettableCloc
     finally:
         await watcher.stop()
         await unreachable.close()
+
+
+async def test_incremental_polls_and_the_full_scan_safety_net(seeded: LicenceRegistry, registry_db: Database,
+                                                             clock: SettableClock) -> None:
+    calls = Calls()
+    watcher = LicenceWatcher(seeded, calls, clock=clock, full_scan_s=3600)
+    await watcher.poll_once()
+    # A row edited by hand in SQL does not bump change_seq: incremental polls cannot see it...
+    async with registry_db.engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE licences SET status = 'revoked' WHERE login = 'alice'")
+    assert await watcher.poll_once() == []
+    # ...the periodic full read does.
+    watcher.full_scan_s = 0.0
+    assert await watcher.poll_once() == [("alice", "licence_revoked")]
+    # Changes through the registry take change_seq numbers in commit order.
+    _, seq_before = await seeded.licence_dates()
+    await seeded.suspend("bolat", date(2026, 7, 1), "x")
+    changed, seq_after = await seeded.licence_dates(seq_before)
+    assert [lic.login for lic in changed] == ["bolat"] and seq_after == seq_before + 1

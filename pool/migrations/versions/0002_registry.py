@@ -59,6 +59,7 @@ def upgrade() -> None:
     sa.Column('suspended_until', sa.Date(), nullable=True),
     sa.Column('status_reason', sa.String(length=512), nullable=True),
     sa.Column('status_changed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('change_seq', sa.BigInteger(), nullable=False),
     sa.Column('datacentre_id', sa.String(length=64), nullable=False),
     sa.Column('payout_address', sa.String(length=128), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
@@ -68,6 +69,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('login', name=op.f('uq_licences_login'))
     )
     with op.batch_alter_table('licences', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_licences_change_seq'), ['change_seq'], unique=False)
         batch_op.create_index(batch_op.f('ix_licences_datacentre_id'), ['datacentre_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_licences_iin_bin_index'), ['iin_bin_index'], unique=False)
 
@@ -93,6 +95,7 @@ def downgrade() -> None:
     with op.batch_alter_table('licences', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_licences_iin_bin_index'))
         batch_op.drop_index(batch_op.f('ix_licences_datacentre_id'))
+        batch_op.drop_index(batch_op.f('ix_licences_change_seq'))
     op.drop_table('licences')
     with op.batch_alter_table('datacentre_networks', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_datacentre_networks_datacentre_id'))
