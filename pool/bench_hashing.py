@@ -147,37 +147,44 @@ def bench_headers(kzhash: Any, count: int, repeat: int, min_seconds: float) -> d
     return rates
 
 
-def openssl_speed(seconds: int) -> dict[str, Any] | None:
-    """`openssl speed -evp sha256` in this run: 1000s of bytes/s per block size, as compressions/s.
-
-    The 64-byte column hashes 64-byte messages (two compressions each: the data and the padding);
-    the 16384-byte column is close to the bare compression rate (one compression per 64 bytes)."""
-    exe = shutil.which("openssl")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "speed", "-seconds", str(seconds), "-evp", "sha256"], capture_output=True,
-                              text=True, timeout=60 + 10 * seconds, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+def parse_openssl_speed(stdout: str) -> dict[int, float] | None:
+    """Bytes per second by message size from `openssl speed -evp sha256` output (its figures are in
+    1000s of bytes per second, one column per size named on the `type` line)."""
     sizes: list[int] = []
     values: list[float] = []
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("type"):
             sizes = [int(n) for n in re.findall(r"(\d+) bytes", line)]
         elif line.lower().startswith("sha256") and sizes:
             values = [float(v) * 1000 for v in re.findall(r"([\d.]+)k", line)]
     if not sizes or len(values) != len(sizes):
         return None
-    by_size = dict(zip(sizes, values))
-    out: dict[str, Any] = {"version": subprocess.run([exe, "version"], capture_output=True, text=True).stdout.strip(),
-                           "bytes_per_s": {str(k): v for k, v in by_size.items()}}
+    return dict(zip(sizes, values))
+
+
+def openssl_speed(seconds: int) -> dict[str, Any] | None:
+    """`openssl speed -evp sha256` in this run, converted to compressions per second.
+
+    The 64-byte column hashes 64-byte messages (two compressions each: the data and the padding);
+    the largest column (16384 bytes) is close to the bare compression rate (one per 64 bytes)."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "speed", "-seconds", str(seconds), "-evp", "sha256"], capture_output=True,
+                              text=True, timeout=60 + 10 * seconds, check=False)
+        version = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    by_size = parse_openssl_speed(proc.stdout)
+    if by_size is None:
+        return None
+    out: dict[str, Any] = {"version": version, "bytes_per_s": {str(k): v for k, v in by_size.items()}}
     if 64 in by_size:
         out["compressions_per_s_64B"] = by_size[64] / 64 * 2
-    if sizes:
-        largest = max(sizes)
-        out["compressions_per_s_bulk"] = by_size[largest] / 64
-        out["bulk_block_size"] = largest
+    largest = max(by_size)
+    out["compressions_per_s_bulk"] = by_size[largest] / 64
+    out["bulk_block_size"] = largest
     return out
 
 
@@ -228,9 +235,13 @@ def format_text(r: dict[str, Any]) -> str:
              f"{'branch':>6} {'hashlib sh/s':>13} {'C single sh/s':>14} {'C batch sh/s':>13} "
              f"{'single/hashlib':>15} {'batch/hashlib':>14}"]
     for levels, s in r["shares"].items():
-        lines.append(f"{levels:>6} {s['hashlib_shares_per_s']:>13,.0f} {s.get('c_single_shares_per_s', 0):>14,.0f} "
-                     f"{s.get('c_batch_shares_per_s', 0):>13,.0f} {s.get('ratio_single_vs_hashlib', 0):>14.1f}x "
-                     f"{s.get('ratio_batch_vs_hashlib', 0):>13.1f}x")
+        if "c_batch_shares_per_s" not in s:
+            lines.append(f"{levels:>6} {s['hashlib_shares_per_s']:>13,.0f} {'n/a':>14} {'n/a':>13} {'n/a':>15} "
+                         f"{'n/a':>14}")
+            continue
+        lines.append(f"{levels:>6} {s['hashlib_shares_per_s']:>13,.0f} {s['c_single_shares_per_s']:>14,.0f} "
+                     f"{s['c_batch_shares_per_s']:>13,.0f} {s['ratio_single_vs_hashlib']:>14.1f}x "
+                     f"{s['ratio_batch_vs_hashlib']:>13.1f}x")
     if "backends" in r:
         lines += ["", f"C per backend, {r['headline_branch_levels']}-level branch (shares/s):",
                   f"  {'backend':<14} {'batch':>12} {'one per call':>13}"]

@@ -327,3 +327,40 @@ def test_every_backend_the_cpu_reports_is_selectable() -> None:
             assert kzhash.backend() == name
         finally:
             kzhash.set_backend(previous)
+
+
+# ---------- the benchmark command ----------
+
+OPENSSL_SPEED_SAMPLE = """Doing sha256 for 1s on 16 size blocks: 10893381 sha256's in 1.00s
+version: 3.0.19
+The 'numbers' are in 1000s of bytes per second processed.
+type             16 bytes     64 bytes    256 bytes   1024 bytes   8192 bytes  16384 bytes
+sha256          174294.10k   516391.62k  1188457.22k  1767014.40k  2059990.11k  2120335.36k
+"""
+
+
+def test_openssl_speed_output_is_parsed_by_block_size() -> None:
+    from pool.bench_hashing import parse_openssl_speed
+    rates = parse_openssl_speed(OPENSSL_SPEED_SAMPLE)
+    assert rates is not None
+    assert rates[64] == pytest.approx(516_391_620)
+    assert rates[16384] == pytest.approx(2_120_335_360)
+    assert parse_openssl_speed("no table here") is None
+
+
+def test_bench_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    from pool.bench_hashing import main
+    assert main(["--json", "--no-openssl", "--shares", "20", "--repeat", "1", "--min-seconds", "0.001"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["hashlib_shares_per_s"] > 0
+    assert set(report["shares"]) == {"0", "12"}
+    if kzhash is not None:
+        for key in ("c_single_shares_per_s", "c_batch_shares_per_s", "ratio_batch_vs_hashlib"):
+            assert report[key] > 0
+        assert report["headers"]["c_headers_per_s"] > 0
+
+
+def test_bench_text_output_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from pool.bench_hashing import main
+    assert main(["--no-openssl", "--shares", "20", "--repeat", "1", "--min-seconds", "0.001"]) == 0
+    assert "hashlib" in capsys.readouterr().out
