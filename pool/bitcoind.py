@@ -86,6 +86,7 @@ class BitcoindSource:
         self._version = 0
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._started = False
         self._closed = False
         log.info("bitcoind_source nodes=%s zmq=%s poll_interval_s=%g refresh_s=%g timeout_s=%g "
                  "longpoll_timeout_s=%g backoff_max_s=%g", ",".join(n.health.name for n in self._nodes),
@@ -95,7 +96,8 @@ class BitcoindSource:
         return [dataclasses.replace(node.health) for node in self._nodes]
 
     async def templates(self) -> AsyncIterator[BlockTemplate]:
-        if not self._tasks and not self._closed:
+        if not self._started and not self._closed:
+            self._started = True          # the first consumer starts the loops; later ones share them
             self._spawn(self._run())
         seen = 0
         while not self._closed:
@@ -114,8 +116,11 @@ class BitcoindSource:
         outcomes = await asyncio.gather(*(self._submit_one(n, data, block_hash) for n in self._nodes))
         for node in self._nodes:
             node.wake.set()     # fetch the new tip now rather than at the next poll
-        log.info("block_status hash=%s status=%s", block_hash, await self.block_status(block_hash))
+        self._spawn(self._log_status(block_hash))     # a hung node must not delay the outcomes
         return list(outcomes)
+
+    async def _log_status(self, block_hash: str) -> None:
+        log.info("block_status hash=%s status=%s", block_hash, await self.block_status(block_hash))
 
     async def block_status(self, block_hash_display: str) -> str:
         """"active" (in the main chain of the best node that knows it), "orphan", or "unknown"."""
@@ -135,7 +140,7 @@ class BitcoindSource:
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for node in self._nodes:
@@ -188,7 +193,9 @@ class BitcoindSource:
         while True:
             interval = self.health_interval_s if self._use_zmq and node.zmq_endpoint else self.poll_interval_s
             try:
-                await asyncio.wait_for(node.wake.wait(), interval)
+                # Not asyncio.wait_for: on 3.11 it can swallow a cancel that races a set wake event.
+                async with asyncio.timeout(interval):
+                    await node.wake.wait()
             except TimeoutError:
                 pass
             node.wake.clear()

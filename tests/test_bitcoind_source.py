@@ -63,7 +63,7 @@ async def make():
 
     yield factory
     for obj in reversed(made):
-        await obj.close()
+        await asyncio.wait_for(obj.close(), wait_s(5))    # a close that hangs fails, not blocks, the suite
 
 
 async def until(predicate, timeout: float = 2.0) -> None:
@@ -117,12 +117,13 @@ async def test_refresh_brings_new_transactions_on_the_same_tip_no_sooner_than_re
     assert refresh.prev_hash == first.prev_hash and len(refresh.transactions) == 2
 
 
-async def test_close_ends_the_iteration(make):
+async def test_close_right_after_a_submit_ends_everything(make):
     node = await make()
     source = await make("source", [node.url], **FAST)
     seen = Collector(source)
     await seen.next()
-    await source.close()
+    await source.submit_block(build_block(node.chain.template()))   # wakes every tip loop, then
+    await asyncio.wait_for(source.close(), wait_s(1))              # close must still win the race
     await asyncio.wait_for(seen.task, wait_s(1))
 
 
