@@ -23,7 +23,7 @@ import secrets
 import sys
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterable
 
 # Values that identify a miner or an account: replaced whole when anonymising.
 ANONYMISED_KEYS = frozenset({"login", "worker", "user", "peer", "ip", "addr", "address", "wallet"})
@@ -65,9 +65,13 @@ class JsonFormatter(logging.Formatter):
 class Anonymiser(logging.Filter):
     """Rewrites each record's message (and traceback) with pseudonyms for miners' identities."""
 
-    def __init__(self, salt: bytes | None = None) -> None:
+    def __init__(self, salt: bytes | None = None, identities: Iterable[str] = ()) -> None:
+        """`identities`: names known up front (the configured logins) replaced wherever they appear,
+        e.g. inside the config logged at start."""
         super().__init__()
         self._salt = salt if salt is not None else secrets.token_bytes(16)
+        names = sorted({i for i in identities if i}, key=len, reverse=True)
+        self._identities = re.compile("|".join(rf"(?<![\w.-]){re.escape(n)}(?![\w-])" for n in names)) if names else None
 
     def pseudonym(self, value: str) -> str:
         digest = hmac.new(self._salt, value.encode(), hashlib.sha256).hexdigest()
@@ -90,6 +94,8 @@ class Anonymiser(logging.Filter):
             return f"{key}={self.pseudonym(value)}"
         if sep and key in INFRASTRUCTURE_KEYS:
             return token
+        if self._identities is not None:
+            token = self._identities.sub(lambda m: self.pseudonym(m.group(0)), token)
         return self._scrub_ips(token)
 
     def _scrub_ips(self, text: str) -> str:
@@ -156,12 +162,14 @@ class UpstreamRepeatFilter(logging.Filter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "kv", anonymise: bool = False,
-                  repeat_interval_s: float = 60.0) -> Anonymiser | None:
-    """Installs the one handler; returns the anonymiser when enabled (metrics use its pseudonyms too)."""
+                  repeat_interval_s: float = 60.0, identities: Iterable[str] = ()) -> Anonymiser | None:
+    """Installs the one handler; returns the anonymiser when enabled (metrics use its pseudonyms too).
+
+    `identities`: logins known from the config (auth.logins), pseudonymised wherever they appear."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     handler.addFilter(UpstreamRepeatFilter(RepeatLimiter(repeat_interval_s)))
-    anonymiser = Anonymiser() if anonymise else None
+    anonymiser = Anonymiser(identities=identities) if anonymise else None
     if anonymiser is not None:
         handler.addFilter(anonymiser)
     root = logging.getLogger()

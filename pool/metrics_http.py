@@ -86,6 +86,8 @@ async def start_http_server(routes: dict[str, Handler], host: str, port: int, na
             await _serve_connection(reader, writer, routes, (str(peer[0]), int(peer[1])), allow_peer, name)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            pass    # the loop is shutting down; the connection task ends here either way
         finally:
             http.writers.discard(writer)
             writer.close()
