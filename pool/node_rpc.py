@@ -133,7 +133,12 @@ class RpcClient:
         request = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                    f"Authorization: Basic {self._auth}\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\nUser-Agent: kzpool\r\n\r\n").encode() + body
-        conn = self._idle.pop() if self._idle else None
+        conn = None
+        while self._idle and conn is None:
+            conn = self._idle.pop()
+            if conn.reader.at_eof():      # the server already closed it
+                conn.close()
+                conn = None
         if conn is not None:
             try:
                 return await self._exchange(conn, request)
@@ -147,8 +152,11 @@ class RpcClient:
 
     async def _exchange(self, conn: _Conn, request: bytes) -> tuple[int, bytes]:
         try:
-            conn.writer.write(request)
-            await conn.writer.drain()
+            try:
+                conn.writer.write(request)
+                await conn.writer.drain()
+            except ConnectionError as exc:
+                raise _ClosedBeforeReply() from exc     # nothing was read: as safe to retry as EOF
             status, keep_alive, payload = await _read_response(conn.reader)
         except BaseException:
             conn.close()   # a half-read reply poisons the connection; cancellation included
