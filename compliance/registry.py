@@ -197,6 +197,8 @@ class LicenceRegistry:
         return int((await conn.execute(select(func.coalesce(func.max(Licence.change_seq), 0)))).scalar_one()) + 1
 
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
+        """To the audit log (compliance/audit_events.py kinds and `change()` payload shape): what
+        happened, to which licence number or data centre, never an IIN/BIN or a name."""
         if self.audit is not None:
             self.audit(kind, payload)
 
@@ -215,7 +217,9 @@ class LicenceRegistry:
                 {"datacentre_id": r.id, "cidr": str(net)} for r in rows for net in r.networks])
             await conn.commit()
         log.info("event=datacentres_imported count=%d", len(rows))
-        self._record("registry_import", {"table": "datacentres", "ids": [r.id for r in rows]})
+        for r in rows:
+            self._record("datacentre_change", {"action": "imported", "subject": r.id, "region": r.region,
+                                               "cidrs": [str(n) for n in r.networks]})
         return ImportReport("datacentres", len(rows), [], True)
 
     async def import_licences(self, text: str, *, dry_run: bool = False,
@@ -243,8 +247,11 @@ class LicenceRegistry:
                  "suspended_until": r.suspended_until, "reason": "import"} for r in rows])
             await conn.commit()
         log.info("event=licences_imported count=%d", len(rows))
-        self._record("registry_import", {"table": "licences", "logins": [r.login for r in rows],
-                                         "licence_nos": [r.licence_no for r in rows]})
+        for r in rows:
+            self._record("licence_change", {
+                "action": "imported", "subject": r.licence_no, "login": r.login, "status": r.status.value,
+                "subtype": r.subtype, "issued": r.issued.isoformat(), "expires": r.expires.isoformat(),
+                "datacentre": r.datacentre})
         return ImportReport("licences", len(rows), [], True)
 
     async def _change(self, login: str, action: str, reason: str, allowed: set[LicenceStatus],
@@ -272,7 +279,7 @@ class LicenceRegistry:
             await conn.commit()
         log.info("event=licence_%s login=%s licence_no=%s from=%s until=%s", action, login, row.licence_no,
                  before.value, until.isoformat() if until else "-")
-        self._record("licence_change", {"login": login, "licence_no": row.licence_no, "action": action,
+        self._record("licence_change", {"action": action, "subject": row.licence_no, "login": login,
                                         "from": before.value, "to": status.value, "reason": reason,
                                         "suspended_until": until.isoformat() if until else None})
         return await self.show(login)

@@ -184,3 +184,23 @@ def test_find_overlaps(ranges: list[str], overlapping: list[tuple[int, int]]) ->
     import ipaddress
     nets = [(ipaddress.ip_network(r), f"dc{i}") for i, r in enumerate(ranges)]
     assert sorted(find_overlaps(nets)) == overlapping
+
+
+async def test_changes_go_to_the_audit_callback_without_personal_data(registry: LicenceRegistry) -> None:
+    import json
+    from registry_fixtures import EVERY_PERSONAL_VALUE
+    records: list[tuple[str, dict]] = []
+    registry.audit = lambda kind, payload: records.append((kind, payload))
+    await seeded(registry)
+    await registry.suspend("alice", date(2026, 7, 15), "unpaid fee")
+    await registry.revoke("alice", "second offence")
+    kinds = [(kind, p["action"], p["subject"]) for kind, p in records]
+    assert kinds == [("datacentre_change", "imported", "dc-eki"), ("datacentre_change", "imported", "dc-ala"),
+                     ("licence_change", "imported", "KZ-DM-0001"), ("licence_change", "imported", "KZ-DM-0002"),
+                     ("licence_change", "imported", "KZ-DM-0003"), ("licence_change", "suspended", "KZ-DM-0001"),
+                     ("licence_change", "revoked", "KZ-DM-0001")]
+    assert records[-1][1] == {"action": "revoked", "subject": "KZ-DM-0001", "login": "alice",
+                                   "from": "suspended", "to": "revoked", "reason": "second offence",
+                                   "suspended_until": None}
+    dump = json.dumps(records)
+    assert not [v for v in EVERY_PERSONAL_VALUE if v in dump]
