@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from compliance.authorizer import RegistryAuthorizer
+from compliance.backoff import RefusalBackoff
 from compliance.pii import PiiBox
 from compliance.registry import LicenceRegistry
 from compliance.standing import kz_today, utc_now
@@ -25,6 +26,7 @@ from pool.db import Database
 from pool.simnet import SimulatedChain
 from stratum.errors import ErrorCode
 
+from db_fixtures import TIMEOUT_FACTOR
 from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DANA_IIN, OWNER_EKI, PII_KEY,
                                PII_KEY_HEX, licence_line, licences_csv)
 from stratum_client import StratumTestClient
@@ -157,3 +159,27 @@ async def test_revoked_from_the_cli_while_mining_is_cut_off_within_5_s(pool: Lic
         assert late["result"] is not True and late["error"][0] == ErrorCode.UNAUTHORIZED_WORKER
     finally:
         await again.close()
+
+
+async def test_repeated_refusals_from_one_address_are_answered_later_and_later(pool: LicensedPool) -> None:
+    pool.auth.backoff = RefusalBackoff(base_s=0.2, max_s=0.4)
+    client = await pool.connect("127.0.0.6")
+    try:
+        assert (await client.request("mining.subscribe", ["test/1.0"]))["error"] is None
+        waits = []
+        for _ in range(4):
+            started = time.monotonic()
+            reply = await client.request("mining.authorize", ["stranger.rig1", "x"])
+            waits.append(time.monotonic() - started)
+            assert reply["error"][0] == ErrorCode.UNAUTHORIZED_WORKER
+        slack = 0.15 * TIMEOUT_FACTOR
+        assert waits[0] < slack and 0.2 <= waits[1] < 0.2 + slack, waits
+        assert 0.4 <= waits[2] < 0.4 + slack and 0.4 <= waits[3] < 0.4 + slack, waits      # capped at max_s
+        # The licensed miner on another address is not held back.
+        miner = await pool.connect("127.0.0.1")
+        started = time.monotonic()
+        await miner.handshake(worker="miner1.rig1")
+        assert time.monotonic() - started < 2 * slack
+        await miner.close()
+    finally:
+        await client.close()
