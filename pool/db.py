@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, event
+from sqlalchemy import Connection, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -97,11 +97,12 @@ class Database:
         """The URL for logs: never print the password."""
         return self.url.render_as_string(hide_password=True)
 
-    def insert_ignoring_duplicates(self, table: Table) -> Insert:
-        """INSERT that skips rows violating a unique key (ON CONFLICT DO NOTHING). Not SQLite's
-        INSERT OR IGNORE: that would also swallow NOT NULL and CHECK failures, losing shares."""
+    def insert_ignoring_duplicates(self, model: type[Any]) -> Insert:
+        """INSERT into a model's table that skips rows violating a unique key (ON CONFLICT DO
+        NOTHING). Not SQLite's INSERT OR IGNORE: that would also swallow NOT NULL and CHECK
+        failures, losing shares."""
         dialect_insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-        return dialect_insert(table).on_conflict_do_nothing()
+        return dialect_insert(model).on_conflict_do_nothing()
 
     async def begin_write(self, conn: AsyncConnection) -> None:
         """Start a write transaction that holds the write lock from its first statement.
@@ -109,6 +110,15 @@ class Database:
         PostgreSQL needs nothing special."""
         if self.dialect == "sqlite":
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the WAL back into the database file (PASSIVE: never waits for, nor blocks,
+        writers). The share log turns automatic checkpoints off on its own connection and calls
+        this from a background task instead, so a checkpoint's writes and fsyncs (tens of ms on a
+        large WAL) stop landing inside a share commit. PostgreSQL: nothing to do."""
+        if self.dialect == "sqlite":
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:

@@ -38,7 +38,7 @@ def iso_utc(time_us: int) -> str:
     return (EPOCH + timedelta(microseconds=time_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def shares_query(since: datetime | None, until: datetime | None) -> Select[Any]:
+def shares_query(since: datetime | None, until: datetime | None) -> Select[*tuple[Any, ...]]:
     """Shares with since <= time < until, oldest first."""
     query = (select(Share.time_us, Account.login, Worker.name, Share.job_id, Share.height,
                     Share.difficulty, Share.share_hash, Share.is_block, Share.extranonce1,

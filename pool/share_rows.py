@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WorkerKey = tuple[str, str]  # (login, worker name)
+SQLITE_AUTOCHECKPOINT = 1000  # SQLite's default, in WAL pages
+SQLITE_WRITER_CACHE_KIB = 256 * 1024  # page cache of the share writer's connection
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 # Column widths from pool/models.py; checked here because SQLite ignores them and PostgreSQL would
@@ -95,8 +97,8 @@ class ShareRowWriter:
         self.commit_timeout_s = commit_timeout_s
         self._conn: AsyncConnection | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._insert_accounts = db.insert_ignoring_duplicates(Account.__table__)
-        self._insert_workers = db.insert_ignoring_duplicates(Worker.__table__)
+        self._insert_accounts = db.insert_ignoring_duplicates(Account)
+        self._insert_workers = db.insert_ignoring_duplicates(Worker)
         # Filled only after a commit, so a rolled-back transaction never leaves a dangling id.
         self._worker_ids: dict[WorkerKey, int] = {}
 
@@ -108,7 +110,7 @@ class ShareRowWriter:
         try:
             async with asyncio.timeout(self.commit_timeout_s):
                 if self._conn is None:
-                    self._conn = await self._db.engine.connect()
+                    self._conn = await self._connect()
                 await self._insert(self._conn, rows)
             return True
         except Exception as exc:  # every failure means "not stored": the caller must spill
@@ -117,6 +119,17 @@ class ShareRowWriter:
                         type(exc).__name__, first_line[:200])
             self._discard_connection()
             return False
+
+    async def _connect(self) -> AsyncConnection:
+        conn = await self._db.engine.connect()
+        if self._db.dialect == "sqlite":
+            # Checkpoints run beside the writer (Database.checkpoint), not inside its commits.
+            await conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            # Every share lands on a random leaf of the (share_hash, worker_id) index: a cache
+            # that holds the index keeps inserts off the disk (2 MiB default: ~40k shares).
+            await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
+            await conn.commit()  # ends SQLAlchemy's autobegun transaction; the PRAGMA stays set
+        return conn
 
     def _discard_connection(self) -> None:
         """Drop the connection without waiting: a connection stuck in a hung statement (SQLite's
@@ -140,6 +153,10 @@ class ShareRowWriter:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._db.dialect == "sqlite":  # back to the default before it returns to the pool
+                await conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT}")
+                await conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default
+                await conn.commit()
             await self._close_quietly(conn, invalidate=False)
         if self._closing:
             await asyncio.wait(self._closing, timeout=1.0)
@@ -154,7 +171,7 @@ class ShareRowWriter:
                 resolved = await self._resolve_workers(conn, missing)
             worker_ids.update(resolved)
         params = [(worker_ids[key], *values) for key, values in rows]
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver: Any = (await conn.get_raw_connection()).driver_connection  # aiosqlite / asyncpg
         if self._db.dialect == "sqlite":
             # On failure write() discards the connection, which rolls back; no rollback here,
             # since it would queue behind a statement stuck in SQLite's busy wait.
