@@ -42,7 +42,7 @@ def is_loopback(host: str) -> bool:
 def pool_status(app: "PoolApp", sections: dict[str, StatusSection] | None = None) -> dict[str, Any]:
     metrics = metrics_for(app)
     by_state = {s.name.lower(): 0 for s in State}
-    workers, logins = 0, set()
+    workers, logins = 0, set[str]()
     for conn in app.server.connections.values():
         by_state[conn.session.state.name.lower()] += 1
         workers += len(conn.session.workers)

@@ -184,7 +184,7 @@ class PoolCollector(Collector):
             return
         nodes = health()
         now = time.monotonic()
-        families = {
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "up": gauge("kzpool_node_up", "1 when the node answered its last call", labels=["node"]),
             "stale": gauge("kzpool_node_stale", "1 when the node's last template was behind the tip in use",
                            labels=["node"]),

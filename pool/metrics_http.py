@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -56,7 +57,7 @@ class HttpServer:
         self.writers: set[asyncio.StreamWriter] = set()
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[socket.socket, ...]:
         return self.server.sockets if self.server else ()
 
     @property

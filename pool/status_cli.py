@@ -28,7 +28,8 @@ def fetch_status(host: str, port: int, timeout_s: float = REQUEST_TIMEOUT_S) -> 
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-            return json.loads(reply.read())
+            status: dict[str, Any] = json.loads(reply.read())
+            return status
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (ConnectionRefusedError, FileNotFoundError)):
             raise PoolNotRunning(f"nothing answers on {host}:{port}") from None

@@ -22,6 +22,7 @@ from deploy_queries import (ALERTS, DASHBOARDS, DEPLOY, PROMETHEUS_CONFIG, PROME
 from ops_pool import http_get, start_ops_pool, until
 
 UNIT = DEPLOY / "systemd" / "kzpool.service"
+RULE_TESTS = Path(__file__).with_name("alert_rules_test.yml")
 ENV_EXAMPLE = DEPLOY / "systemd" / "kzpool.env.example"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "kzpool.yml"
 PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "kzpool.yml"
@@ -52,6 +53,17 @@ def test_promtool_checks_config_and_rules():
     assert f"SUCCESS: {len(alert_rules())} rules found" in rules.stdout
     job = re.search(r"job_name:\s*(\S+)", PROMETHEUS_CONFIG.read_text())
     assert job and all('job="kzpool"' in q.expr for q in alert_rules()) and job.group(1) == "kzpool"
+
+
+def test_promtool_alert_unit_tests_cover_every_alert():
+    """alert_rules_test.yml: each alert fires on its series after its `for:`, with its labels and
+    rendered annotations, and stays quiet on the healthy cases."""
+    promtool = tool("promtool", "prometheus")
+    result = run(promtool, "test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = RULE_TESTS.read_text()
+    firing = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", text))
+    assert firing == {q.where.removeprefix("alert ") for q in alert_rules()}
 
 
 def verify_unit(unit_text: str, root: Path) -> subprocess.CompletedProcess[str]:
