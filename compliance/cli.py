@@ -69,11 +69,11 @@ def _read(path: str) -> str:
 
 
 def _print_report(report: ImportReport, dry_run: bool) -> int:
-    for problem in report.problems:
-        print(problem)
-    if report.problems:
-        print(f"{report.kind}: {len(report.problems)} problem(s) in {report.rows} row(s); nothing imported",
-              file=sys.stderr)
+    bad_rows = report.lines()
+    for line in bad_rows:
+        print(line)
+    if bad_rows:
+        print(f"{report.kind}: {len(bad_rows)} bad row(s) of {report.rows}; nothing imported", file=sys.stderr)
         return 1
     verb = "would import (dry run, nothing written)" if dry_run else "imported"
     print(f"{report.kind}: {report.rows} row(s) {verb}")

@@ -57,6 +57,13 @@ class ImportReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def lines(self) -> list[str]:
+        """One line per bad row: `row N: column: reason; column: reason`."""
+        by_row: dict[int, list[str]] = {}
+        for p in self.problems:
+            by_row.setdefault(p.row, []).append(f"{p.column}: {p.reason}")
+        return [f"row {row}: " + "; ".join(cells) for row, cells in sorted(by_row.items())]
+
 
 @dataclass(frozen=True, slots=True)
 class LicenceView:

@@ -106,8 +106,10 @@ async def test_every_kind_of_bad_licence_row_is_reported_and_nothing_changes(
     report = await registry.import_licences(BAD_LICENCES, address_check=regtest_address)
     assert not report.applied and not report.ok
     assert_problems(report.problems, EXPECTED_LICENCE_PROBLEMS)
-    text = "\n".join(map(str, report.problems))
+    text = "\n".join(report.lines())
+    assert len(report.lines()) == 17                       # one line per bad row: rows 2-19 but 8
     assert "row 2: iin_bin: bad check digit" in text
+    assert "row 9: licence_no: duplicate licence_no (also row 8); login: duplicate login (also row 8)" in text
     for value in ("949940000385", DANA_IIN, OWNER_EKI, ALICE_IIN, "Dana Seitova"):
         assert value not in text, "the report must not show personal data"
     assert await registry_dump(registry_db) == before
