@@ -2,6 +2,8 @@
 is reported row by row (row, column, reason) and changes nothing, a dry run writes nothing."""
 from __future__ import annotations
 
+import ipaddress
+import json
 from datetime import date
 
 import pytest
@@ -11,9 +13,9 @@ from compliance.registry import LicenceRegistry
 from pool.address import address_to_script
 from pool.db import Database
 
-from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DANA_IIN, DATACENTRES, DC_HEADER,  # noqa: F401
-                               GOOD_LICENCES, OWNER_ALA, OWNER_EKI, clock, licence_line, licences_csv,
-                               registry, registry_db, registry_dump)
+from registry_fixtures import (ALICE_IIN, BOLAT_BIN, DANA_IIN, DATACENTRES, DC_HEADER,  # noqa: F401
+                               EVERY_PERSONAL_VALUE, GOOD_LICENCES, OWNER_ALA, OWNER_EKI, clock, licence_line,
+                               licences_csv, registry, registry_db, registry_dump)
 
 
 def regtest_address(address: str) -> None:
@@ -183,14 +185,11 @@ async def test_duplicate_within_a_datacentre_file(registry: LicenceRegistry) -> 
     (["192.0.2.0/24", "2001:db8::/32", "192.0.2.128/25"], [(0, 2)]),
 ])
 def test_find_overlaps(ranges: list[str], overlapping: list[tuple[int, int]]) -> None:
-    import ipaddress
     nets = [(ipaddress.ip_network(r), f"dc{i}") for i, r in enumerate(ranges)]
     assert sorted(find_overlaps(nets)) == overlapping
 
 
 async def test_changes_go_to_the_audit_callback_without_personal_data(registry: LicenceRegistry) -> None:
-    import json
-    from registry_fixtures import EVERY_PERSONAL_VALUE
     records: list[tuple[str, dict]] = []
     registry.audit = lambda kind, payload: records.append((kind, payload))
     await seeded(registry)
