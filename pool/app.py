@@ -102,7 +102,7 @@ class PoolApp:
                          write_high_water_bytes=s.write_high_water_bytes, sweep_interval_s=s.sweep_interval_s),
             self.authorizer, self.hasher, self.sink, Extranonce1Allocator(s.extranonce1_size))
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
-                            s.extranonce1_size, s.extranonce2_size)
+                            s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16))
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:

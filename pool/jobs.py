@@ -22,7 +22,7 @@ log = logging.getLogger("kzpool.jobs")
 class JobFeed:
     def __init__(self, source: TemplateSource, publish: Callable[[Job], int], payout_script: bytes,
                  tag: bytes, extranonce1_size: int, extranonce2_size: int,
-                 extra_push: Callable[[], bytes] = lambda: b"") -> None:
+                 extra_push: Callable[[], bytes] = lambda: b"", version_mask: int = 0x1FFFE000) -> None:
         self.source = source
         self.publish = publish
         self.payout_script = payout_script
@@ -30,6 +30,7 @@ class JobFeed:
         self.extranonce1_size = extranonce1_size
         self.extranonce2_size = extranonce2_size
         self.extra_push = extra_push       # later features commit data into the coinbase (audit anchor)
+        self.version_mask = version_mask
         self._builder = JobBuilder()
         self._ids = count(1)
         self.current: Job | None = None
@@ -55,6 +56,10 @@ class JobFeed:
 
     def on_template(self, template: BlockTemplate) -> Job:
         clean = self.template is None or template.prev_hash != self.template.prev_hash
+        if template.version & self.version_mask:
+            # Rolling miners overwrite these bits: a deployment signalled there would be lost.
+            log.warning("template_version_overlaps_rolling_mask version=%08x mask=%08x", template.version,
+                        self.version_mask)
         job = self._builder.build_job(template, self.next_job_id(), self.payout_script, self.tag,
                                       self.extranonce1_size, self.extranonce2_size, clean, self.extra_push())
         self.template = template
