@@ -7,6 +7,9 @@ from setuptools import Extension, setup
 
 KZHASH_SOURCES = [
     "pool/_kzhash.c",
+    "pool/csrc/pyargs.c",
+    "pool/csrc/pybatch.c",
+    "pool/csrc/pyresults.c",
     "pool/csrc/sha256.c",
     "pool/csrc/sha256_portable.c",
     "pool/csrc/sha256_shani.c",
@@ -20,7 +23,8 @@ setup(
         Extension(
             "pool._kzhash",
             sources=KZHASH_SOURCES,
-            depends=["pool/csrc/sha256.h", "pool/csrc/share.h", "pool/csrc/simd_group.h"],
+            depends=["pool/csrc/sha256.h", "pool/csrc/share.h", "pool/csrc/simd_group.h",
+                     "pool/csrc/pyargs.h", "pool/csrc/pybatch.h", "pool/csrc/pyresults.h"],
             # -O3 unrolls the rounds. SHA-NI, AVX2 and AVX-512 code is enabled per function with
             # target attributes, so no -msha/-mavx* here: the module loads on any x86-64 (or other)
             # CPU and picks what cpuid allows at run time.
