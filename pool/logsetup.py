@@ -176,3 +176,13 @@ def setup_logging(level: str = "INFO", fmt: str = "kv", anonymise: bool = False,
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     return anonymiser
+
+
+def active_anonymiser() -> Anonymiser | None:
+    """The anonymiser setup_logging installed, if any: metrics and status label logins with its
+    pseudonyms, so a login in a dashboard matches the same login in the logs."""
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, Anonymiser):
+                return f
+    return None

@@ -47,7 +47,8 @@ async def mine_some(ops: OpsPool) -> StratumTestClient:
     await miner.handshake()
     for extranonce2 in range(1, 4):
         assert (await miner.request("mining.submit", miner.mine_share(extranonce2=extranonce2)))["result"] is True
-    await until(lambda: ops.app.sink.blocks.found and not ops.app.sink._tasks)
+    await until(lambda: ops.app.sink.blocks.found and not ops.app.sink._tasks
+                and ops.app.jobs.template.height == ops.node.chain.tip.height + 1)
     return miner
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pool.app import PoolApp
 from pool.config import load_config
-from pool.logsetup import Anonymiser, RepeatLimiter, UpstreamRepeatFilter, setup_logging
+from pool.logsetup import Anonymiser, RepeatLimiter, UpstreamRepeatFilter, active_anonymiser, setup_logging
 from pool.simnet import SimulatedChain
 from stratum_client import StratumTestClient
 
@@ -50,7 +50,7 @@ async def one_session() -> None:
 async def test_session_lines_carry_the_connection_id_and_anonymise_logins(log_output):
     output = log_output()
     anonymiser = setup_logging("DEBUG", "kv", anonymise=True)
-    assert anonymiser is not None
+    assert anonymiser is not None and active_anonymiser() is anonymiser
     await one_session()
     lines = output.getvalue().splitlines()
     stratum = [line.split(" ", 4) for line in lines if " kzpool.stratum " in line]
@@ -64,7 +64,7 @@ async def test_session_lines_carry_the_connection_id_and_anonymise_logins(log_ou
 
 async def test_json_lines_parse_and_keep_the_fields(log_output):
     output = log_output()
-    setup_logging("DEBUG", "json")
+    assert setup_logging("DEBUG", "json") is None and active_anonymiser() is None
     await one_session()
     records = [json.loads(line) for line in output.getvalue().splitlines() if line.startswith("{")]
     authorized = [r for r in records if r["event"] == "authorized"]

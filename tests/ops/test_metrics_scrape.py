@@ -45,14 +45,18 @@ async def ops(tmp_path: Path):
 async def test_scrape_counts_what_the_miner_saw(ops: OpsPool):
     miner = await StratumTestClient.connect("127.0.0.1", ops.stratum_port)
     await miner.handshake()
-    replies = []
+    replies, accepted_difficulty = [], 0.0
     for extranonce2 in range(1, 7):
         share = miner.mine_share(extranonce2=extranonce2)
+        difficulty = miner.jobs[share[1]][1]          # the difficulty the share was mined at
         replies.append(await miner.request("mining.submit", share))
+        accepted_difficulty += difficulty if replies[-1]["result"] is True else 0.0
         replies.append(await miner.request("mining.submit", share))     # the same again: refused
     accepted = sum(1 for r in replies if r["result"] is True)
     refused = [r["error"][1] for r in replies if r["error"]]
-    await until(lambda: ops.sharelog.queue_depth == 0 and not ops.app.sink._tasks)
+    # Settled: shares durable, block submissions answered, the node's new tip turned into a template.
+    await until(lambda: ops.sharelog.queue_depth == 0 and not ops.app.sink._tasks
+                and ops.app.jobs.template.height == ops.node.chain.tip.height + 1)
     found = await scrape(ops.metrics_port)
 
     assert accepted >= 6 and len(refused) == len(replies) - accepted
@@ -62,7 +66,7 @@ async def test_scrape_counts_what_the_miner_saw(ops: OpsPool):
     assert rejected == len(refused)
     for reason in REJECT_REASONS:       # every reason has a series from the start
         assert ("kzpool_shares_total", (("reason", reason), ("result", "rejected"))) in found
-    assert value(found, "kzpool_accepted_difficulty_total") == pytest.approx(accepted * miner.difficulty)
+    assert value(found, "kzpool_accepted_difficulty_total") == pytest.approx(accepted_difficulty)
     assert value(found, "kzpool_share_submit_seconds_count") == accepted
 
     assert value(found, "kzpool_connections", state="authorized") == 1
