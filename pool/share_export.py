@@ -45,7 +45,7 @@ def shares_query(since: datetime | None, until: datetime | None) -> Select[*tupl
                     Share.extranonce2, Share.ntime, Share.nonce, Share.version, Share.peer)
              .join(Worker, Worker.id == Share.worker_id)
              .join(Account, Account.id == Worker.account_id)
-             .order_by(Share.time_us, Share.id))
+             .order_by(Share.time_us, Share.worker_id, Share.share_hash))
     if since is not None:
         query = query.where(Share.time_us >= to_micros(since))
     if until is not None:

@@ -92,15 +92,17 @@ class ShareRowWriter:
     per-row parameter processing alone would cost more than the whole insert.
     Not for concurrent use: one batch at a time."""
 
-    def __init__(self, db: Database, commit_timeout_s: float) -> None:
+    def __init__(self, db: Database, commit_timeout_s: float,
+                 worker_ids: dict[WorkerKey, int] | None = None) -> None:
         self._db = db
         self.commit_timeout_s = commit_timeout_s
         self._conn: AsyncConnection | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._insert_accounts = db.insert_ignoring_duplicates(Account)
         self._insert_workers = db.insert_ignoring_duplicates(Worker)
-        # Filled only after a commit, so a rolled-back transaction never leaves a dangling id.
-        self._worker_ids: dict[WorkerKey, int] = {}
+        # Filled only after a commit, so a rolled-back transaction never leaves a dangling id;
+        # writers of one share log share it.
+        self._worker_ids: dict[WorkerKey, int] = {} if worker_ids is None else worker_ids
 
     async def write(self, rows: Sequence[ShareRow]) -> bool:
         """Insert and commit `rows`; True once committed. Any failure (refused, lost connection,

@@ -52,13 +52,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_blocks_height'), ['height'], unique=False)
 
     op.create_table('shares',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('time_us', sa.BigInteger(), nullable=False),
+    sa.Column('share_hash', sa.LargeBinary(length=32), nullable=False),
     sa.Column('worker_id', sa.Integer(), nullable=False),
+    sa.Column('time_us', sa.BigInteger(), nullable=False),
     sa.Column('job_id', sa.String(length=64), nullable=False),
     sa.Column('height', sa.Integer(), nullable=False),
     sa.Column('difficulty', sa.Float(precision=53), nullable=False),
-    sa.Column('share_hash', sa.LargeBinary(length=32), nullable=False),
     sa.Column('is_block', sa.Boolean(), nullable=False),
     sa.Column('extranonce1', sa.LargeBinary(length=32), nullable=False),
     sa.Column('extranonce2', sa.LargeBinary(length=32), nullable=False),
@@ -67,8 +66,7 @@ def upgrade() -> None:
     sa.Column('version', sa.BigInteger(), nullable=False),
     sa.Column('peer', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['worker_id'], ['workers.id'], name=op.f('fk_shares_worker_id_workers')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_shares')),
-    sa.UniqueConstraint('share_hash', 'worker_id', name=op.f('uq_shares_share_hash_worker_id'))
+    sa.PrimaryKeyConstraint('share_hash', 'worker_id', name=op.f('pk_shares'))
     )
     with op.batch_alter_table('shares', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_shares_time_us'), ['time_us'], unique=False)
