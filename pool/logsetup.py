@@ -53,10 +53,17 @@ class JsonFormatter(logging.Formatter):
         event, _, rest = message.partition(" ")
         out: dict[str, object] = {"ts": record.created, "level": record.levelname.lower(),
                                   "logger": record.name, "event": event}
+        last, loose = "", []
         for part in rest.split(" "):
             key, sep, value = part.partition("=")
-            if sep:
-                out[key] = value
+            if sep and key.isidentifier():
+                out[key], last = value, key
+            elif last:
+                out[last] = f"{out[last]} {part}"     # a value with spaces: `reason=idle over ...`
+            else:
+                loose.append(part)
+        if loose:
+            out["text"] = " ".join(loose)
         if record.exc_text or record.exc_info:
             out["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(out, separators=(",", ":"))

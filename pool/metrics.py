@@ -72,9 +72,15 @@ class PoolMetrics:
 
 
 def metrics_for(app: "PoolApp", **options: Any) -> PoolMetrics:
-    """The app's PoolMetrics: `app.metrics` when the composition root built one, else built now."""
+    """The app's PoolMetrics: `app.metrics` when the composition root built one (`per_login_top_n` and
+    `login_label` given here replace its own), else one built now."""
     existing = getattr(app, "metrics", None)
     if isinstance(existing, PoolMetrics):
+        for name in ("per_login_top_n", "login_label"):
+            if name in options:
+                setattr(existing, name, options.pop(name))
+        if options:
+            raise TypeError(f"metrics_for: {sorted(options)} can only be set when the metrics are built")
         return existing
     metrics = PoolMetrics(app, **options)
     app.metrics = metrics   # type: ignore[attr-defined]  # until PoolApp builds it itself

@@ -12,7 +12,7 @@ import pytest
 
 from pool.app import PoolApp
 from pool.config import load_config
-from pool.logsetup import Anonymiser, RepeatLimiter, UpstreamRepeatFilter, active_anonymiser, setup_logging
+from pool.logsetup import Anonymiser, JsonFormatter, RepeatLimiter, UpstreamRepeatFilter, active_anonymiser, setup_logging
 from pool.simnet import SimulatedChain
 from stratum_client import StratumTestClient
 
@@ -70,6 +70,16 @@ async def test_json_lines_parse_and_keep_the_fields(log_output):
     authorized = [r for r in records if r["event"] == "authorized"]
     assert authorized and authorized[0]["login"] == "demo" and authorized[0]["conn"].isdigit()
     assert all({"ts", "level", "logger", "event"} <= r.keys() for r in records)
+
+
+def test_json_keeps_values_with_spaces():
+    record = logging.LogRecord("kzpool.stratum", logging.INFO, __file__, 1,
+                               "session_close conn=%d reason=%s", (4, "send stalled over 30 s"), None)
+    out = json.loads(JsonFormatter().format(record))
+    assert out["event"] == "session_close" and out["conn"] == "4" and out["reason"] == "send stalled over 30 s"
+    config = logging.LogRecord("kzpool.app", logging.INFO, __file__, 1, "pool_start config=%s",
+                               ({"mode": "demo", "log": {"level": "INFO"}},), None)
+    assert json.loads(JsonFormatter().format(config))["config"] == "{'mode': 'demo', 'log': {'level': 'INFO'}}"
 
 
 def test_anonymiser_replaces_identities_and_keeps_infrastructure():
