@@ -1,0 +1,48 @@
+"""Submissions that arrive in one event-loop turn are hashed in one batch call; a lone one at once."""
+from __future__ import annotations
+
+import json
+
+from pool.app import PoolApp
+from pool.config import load_config
+from pool.simnet import SimulatedChain
+
+from stratum_client import StratumTestClient
+from test_stratum_tcp import test_config
+
+
+class CountingHasher:
+    """Wraps the pool's real hasher and records batch sizes (the hashing itself is untouched)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.batches: list[int] = []
+
+    def hash_batch(self, job, subs):
+        self.batches.append(len(subs))
+        return self.inner.hash_batch(job, subs)
+
+
+async def test_pipelined_submits_share_one_batch_and_each_gets_its_reply():
+    app = PoolApp(load_config(overrides=test_config()), source=SimulatedChain(bits=0x1D0FFFFF, refresh_s=3600))
+    counting = CountingHasher(app.hasher)
+    app.server.hasher = counting
+    await app.start()
+    try:
+        miner = await StratumTestClient.connect("127.0.0.1", app.server.ports[0])
+        await miner.handshake()
+        shares = [miner.mine_share(extranonce2=i) for i in range(20)]
+        await miner.send_raw(b"".join(json.dumps({"id": 100 + i, "method": "mining.submit", "params": p}).encode()
+                                      + b"\n" for i, p in enumerate(shares)))
+        await miner.wait_for(lambda: all(100 + i in miner.replies for i in range(20)))
+        assert all(miner.replies[100 + i]["result"] is True for i in range(20))
+        assert sum(counting.batches) == 20
+        assert max(counting.batches) > 1          # one segment, one loop turn: batched
+        counting.batches.clear()
+        lone = miner.mine_share(extranonce2=99)
+        assert (await miner.request("mining.submit", lone))["result"] is True
+        assert counting.batches == [1]
+        await miner.close()
+    finally:
+        await app.stop()
