@@ -43,12 +43,13 @@ async def seed_demo_registry(registry: LicenceRegistry) -> bool:
     if not await registry.is_empty():
         return False
     issued = kz_today(registry.clock()).isoformat()
-    for report in (await registry.import_datacentres(demo_datacentres_csv()),
-                   await registry.import_licences(demo_licences_csv(issued))):
-        if not report.ok:
-            if not await registry.is_empty():
-                return False      # another process seeded it at the same moment
-            raise RegistryError("demo registry: " + "; ".join(map(str, report.problems)))
+    report = await registry.import_datacentres(demo_datacentres_csv())
+    if report.ok:
+        report = await registry.import_licences(demo_licences_csv(issued))
+    if not report.ok:
+        if not await registry.is_empty():
+            return False      # another process is seeding it at the same moment
+        raise RegistryError("demo registry: " + "; ".join(report.lines()))
     log.info("event=demo_registry_seeded login=%s datacentre=%s networks=%s", DEMO_LOGIN, DEMO_DATACENTRE,
              DEMO_NETWORKS.replace(" ", ","))
     return True
