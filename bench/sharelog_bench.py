@@ -1,7 +1,7 @@
 """Share log benchmark: sustained inserts per second and the latency an append adds at a fixed rate.
 
     PYTHONPATH=. python bench/sharelog_bench.py [--backend sqlite|postgresql|both]
-        [--shares 300000] [--producers 4000] [--rate 10000] [--rate-seconds 5]
+        [--shares 300000] [--producers 8000] [--rate 10000] [--rate-seconds 5]
         [--pg-admin-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 
 Durability is on for both: SQLite WAL with synchronous=FULL (fsync per commit), PostgreSQL with
@@ -100,14 +100,15 @@ async def run(backend: str, args: argparse.Namespace) -> None:
           f"producers={args.producers}")
     print(f"{backend:10s} append_latency_at_{args.rate:,.0f}_per_s p50_ms={percentile(lat, .5)*1e3:.2f} "
           f"p99_ms={percentile(lat, .99)*1e3:.2f} max_ms={max(lat)*1e3:.2f} "
-          f"mean_ms={statistics.fmean(lat)*1e3:.2f} shares={len(lat)}")
+          f"mean_ms={statistics.fmean(lat)*1e3:.2f} shares={len(lat)} "
+          f"loadavg_1m_after={os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--shares", type=int, default=300_000)
-    parser.add_argument("--producers", type=int, default=4000)
+    parser.add_argument("--producers", type=int, default=8000)
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
@@ -117,7 +118,10 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    print(f"python={sys.version.split()[0]} cpus={os.cpu_count()} loop={asyncio.get_event_loop_policy().__class__.__module__}")
+    # Other processes' load skews every figure here; print it so a reader can judge the run.
+    print(f"python={sys.version.split()[0]} cpus={os.cpu_count()} "
+          f"loop={asyncio.get_event_loop_policy().__class__.__module__} "
+          f"loadavg_1m_before={os.getloadavg()[0]:.2f}")
     for backend in (["sqlite", "postgresql"] if args.backend == "both" else [args.backend]):
         asyncio.run(run(backend, args))
 
