@@ -16,6 +16,10 @@ from .address import address_to_script
 from .config import PoolConfig, redacted
 from .allowlist_auth import AllowlistAuthorizer
 from .jobs import JobFeed
+from .logsetup import active_anonymiser
+from .metrics import PoolMetrics
+from .metrics_http import HttpServer, start_metrics_server
+from .admin import start_admin_server
 from .shares import PoolShareSink
 from .template import TemplateSource
 
@@ -103,6 +107,10 @@ class PoolApp:
             self.authorizer, self.hasher, self.sink, Extranonce1Allocator(s.extranonce1_size))
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
                             s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16))
+        anonymiser = active_anonymiser()
+        self.metrics = PoolMetrics(self, per_login_top_n=cfg.metrics.per_login_top_n,
+                                   login_label=anonymiser.pseudonym if anonymiser else str)
+        self.endpoints: list[HttpServer] = []
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -113,16 +121,27 @@ class PoolApp:
         await self.server.start()
         self.jobs.start()
 
+    async def start_endpoints(self) -> None:
+        """The operator's endpoints: /metrics for Prometheus, /status for `kzpool status`."""
+        if self.cfg.metrics.enabled:
+            self.endpoints.append(await start_metrics_server(self, self.cfg.metrics.host, self.cfg.metrics.port))
+        if self.cfg.admin.enabled:
+            self.endpoints.append(await start_admin_server(self, self.cfg.admin.host, self.cfg.admin.port))
+
     async def stop(self) -> None:
         await self.jobs.stop()
         await self.server.shutdown()
         await self.sink.drain()
         await self.source.close()
+        for endpoint in self.endpoints:      # last: Prometheus and `kzpool status` see the shutdown
+            endpoint.close()
+        self.endpoints.clear()
         log.info("pool_stop")
         self._stopped.set()
 
     async def run_until_signal(self) -> None:
         await self.start()
+        await self.start_endpoints()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,8 +28,20 @@ def config_loader(args: argparse.Namespace) -> PoolConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import PoolApp
     from .logsetup import setup_logging
+    from dataclasses import replace
+
+    from .process_limits import RunningAsRoot, check_not_root, raise_open_file_limit, sessions_that_fit
     cfg = config_loader(args)
-    setup_logging(cfg.log.level, cfg.log.format)
+    setup_logging(cfg.log.level, "json" if args.log_json else cfg.log.format, anonymise=cfg.log.anonymise,
+                  repeat_interval_s=cfg.log.repeat_interval_s, identities=cfg.auth.logins)
+    try:
+        check_not_root(cfg.process.allow_root or args.allow_root)
+    except RunningAsRoot as exc:
+        print(f"kzpool: {exc}", file=sys.stderr)
+        return 2
+    fitted = sessions_that_fit(cfg.stratum.max_sessions, raise_open_file_limit().soft)
+    if fitted != cfg.stratum.max_sessions:
+        cfg = replace(cfg, stratum=replace(cfg.stratum, max_sessions=fitted))
     _install_event_loop()
     asyncio.run(PoolApp(cfg).run_until_signal())
     return 0
@@ -62,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the pool")
     config_args(run)
+    run.add_argument("--allow-root", action="store_true", help="run even as root (refused by default)")
+    run.add_argument("--log-json", action="store_true", help="JSON-lines logs (same as --set log.format=json)")
     run.set_defaults(func=cmd_run)
+
+    from .status_cli import add_subcommands as add_status
+    add_status(sub, config_loader)
 
     check = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     config_args(check)

@@ -113,6 +113,30 @@ class AuthConfig:
 class LogConfig:
     level: str = "INFO"
     format: str = "kv"                  # kv | json
+    anonymise: bool = False             # logins, workers and miners' IPs as per-process salted pseudonyms
+    repeat_interval_s: float = 60.0     # one line per upstream error (node, ZMQ, template source) per interval
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"             # Prometheus scrapes /metrics here; keep it off the Internet
+    port: int = 9108
+    per_login_top_n: int = 10           # per-login hashrate series exported; 0: none (bounded cardinality)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"             # GET /status for `kzpool status`; loopback addresses only
+    port: int = 9109
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessConfig:
+    # uid 0 is refused unless this (or `kzpool run --allow-root`). The embedded demo allows it so the
+    # one-command demo works on a fresh machine where the shell is root; production sets false.
+    allow_root: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +150,9 @@ class PoolConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def validate(self) -> "PoolConfig":
         choices = {"mode": (self.mode, {"demo", "production"}),
@@ -158,6 +185,14 @@ class PoolConfig:
                     ipaddress.ip_network(net, strict=False)
                 except ValueError:
                     raise ConfigError(f"auth.allowed_networks: {net!r} is not a network") from None
+        if self.metrics.per_login_top_n < 0:
+            raise ConfigError("metrics.per_login_top_n must be >= 0 (0 exports no per-login series)")
+        try:
+            admin_local = ipaddress.ip_address(self.admin.host).is_loopback
+        except ValueError:
+            admin_local = self.admin.host == "localhost"
+        if not admin_local:
+            raise ConfigError(f"admin.host = {self.admin.host!r}: the admin endpoint binds loopback only")
         if self.node.source == "bitcoind" and not self.node.rpc_urls:
             raise ConfigError("node.rpc_urls must list at least one node when node.source = 'bitcoind'")
         return self
