@@ -19,7 +19,8 @@ from pool.db import Database
 
 from .audit_chain import ChainRecord
 from .audit_events import BLOCK_FOUND
-from .audit_verify import BlockCoinbase, read_export
+from .audit_export import read_export
+from .audit_verify import BlockCoinbase
 
 LOG_SOURCE = "log"     # claimed by the log itself: consistency only, not proof
 

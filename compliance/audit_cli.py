@@ -83,12 +83,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .audit_anchors import (claimed_blocks_in_database, claimed_blocks_in_export,
                                 coinbases_from_file, coinbases_from_node)
-    from .audit_verify import verify_database, verify_export
+    from .audit_export import last_record_of_export, verify_export
+    from .audit_verify import verify_database
     if bool(args.file) == bool(args.db):
         raise UsageError("give either an export FILE or --db")
     url = key_file = None
     if args.db or not args.pubkey:
         url, key_file = _settings(args)
+    previous = last_record_of_export(args.previous) if args.previous else None
     keys = [parse_public_key(k) for k in args.pubkey]
     if not keys:   # the pool's own key file: fine for the operator, an auditor brings the key
         assert key_file is not None
@@ -107,10 +109,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for block_hash in unknown:
                 print(f"note: the node does not have block {block_hash} on its best chain")
         if db is not None:
-            report = await verify_database(db, keys, coinbases,
+            report = await verify_database(db, keys, coinbases, previous=previous,
                                            require_signed=args.require_signed)
         else:
-            report = verify_export(args.file, keys, coinbases,
+            report = verify_export(args.file, keys, coinbases, previous=previous,
                                    require_signed=not args.allow_unsigned_tail)
         _print_report(report, args.file or "the database", keys, args.json)
         return EXIT_OK if report.ok else EXIT_BROKEN
@@ -136,6 +138,10 @@ def _print_report(report: VerifyReport, what: str, keys: list[PublicKey], as_jso
         print("every record is covered by a valid signature" if report.unsigned == 0 else
               f"note: the newest {report.unsigned} records (after record {report.signed_through})"
               " are not signed yet; the next checkpoint will sign them")
+    if report.previous == "matches":
+        print("the last record of the previous export is unchanged")
+    elif report.previous == "not_in_range":
+        print("note: the last record of the previous export is not in this range; not compared")
     for a in report.anchors:
         tag = anchor_tag(ChainHead(a.seq, a.record_hash)).hex() if a.record_hash else ""
         where = f"block {a.block_hash} (height {a.height})"
@@ -200,6 +206,7 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
     verify.add_argument("--db", action="store_true", help="verify the live database instead")
     verify.add_argument("--pubkey", action="append", default=[],
                         help="public key: 64 hex digits, PEM, or a file (repeat for old keys)")
+    verify.add_argument("--previous", help="an earlier export: its last record must be unchanged")
     verify.add_argument("--coinbases", help="JSON lines of block coinbases to confirm anchors")
     verify.add_argument("--node", help="Bitcoin Core RPC URL to confirm anchors, "
                                        "e.g. http://user:pass@127.0.0.1:8332")

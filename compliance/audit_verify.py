@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .audit_chain import (CHECKPOINT_KIND, GENESIS_HASH, ChainRecord, canonical_json,
+from .audit_chain import (CHECKPOINT_KIND, GENESIS_HASH, ChainHead, ChainRecord,
                           checkpoint_message, find_anchors, record_hash)
 from .audit_keys import PublicKey
 
 if TYPE_CHECKING:
     from pool.db import Database
-
-EXPORT_FORMAT = "kzpool-audit-export-v1"
-RECORD_FIELDS = frozenset({"seq", "time", "kind", "payload", "prev_hash", "hash"})
 
 
 class BreakKind(str, enum.Enum):
@@ -38,6 +34,8 @@ class BreakKind(str, enum.Enum):
     MALFORMED = "malformed"
     UNSIGNED = "unsigned"
     ANCHOR_MISMATCH = "anchor_mismatch"
+    REWRITTEN = "rewritten"            # differs from the same record in a previous export
+    TRUNCATED = "truncated"            # the database ends before a previous export did
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +75,8 @@ class VerifyReport:
     key_ids: set[str] = field(default_factory=set)
     problem: Break | None = None
     anchors: list[AnchorCheck] = field(default_factory=list)
+    # The last record of a previous export: "matches", "not_in_range", or None when not given.
+    previous: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,9 +102,11 @@ class _Seen:
 
 class ChainVerifier:
     def __init__(self, public_keys: Iterable[PublicKey],
-                 coinbases: Iterable[BlockCoinbase] = ()) -> None:
+                 coinbases: Iterable[BlockCoinbase] = (), previous: ChainHead | None = None) -> None:
         self._keys = {key.key_id: key for key in public_keys}
         self.report = VerifyReport()
+        # What the auditor saw last time: the same seq must still carry the same hash.
+        self._previous = previous
         self._prev: _Seen | None = None
         self._prev2: _Seen | None = None
         self._held: _Seen | None = None       # a record that broke the order, judged on the next
@@ -152,6 +154,8 @@ class ChainVerifier:
         if self._held is not None and not self.broken:
             self._judge_order(self._held, None)
         report = self.report
+        if self._previous is not None and report.previous is None:
+            report.previous = "not_in_range"
         for seq, claims in sorted(self._anchors.items()):   # anchors no checked record matched
             report.anchors.extend(AnchorCheck(block.block_hash, block.height, seq, "not_in_range",
                                               block.source) for block, _ in claims)
@@ -186,6 +190,12 @@ class ChainVerifier:
                 self._fail(BreakKind.ANCHOR_MISMATCH, seen, f"{seen.where} differs from what block "
                            f"{block.block_hash} anchored in the blockchain: the log was rewritten")
                 return
+        if self._previous is not None and record.seq == self._previous.seq:
+            if record.hash != self._previous.hash:
+                self._fail(BreakKind.REWRITTEN, seen, f"{seen.where} differs from the same record "
+                           "in the previous export: the log was rewritten since")
+                return
+            self.report.previous = "matches"
         self._prev2, self._prev = self._prev, seen
         self.report.records += 1
         self.report.last_seq = record.seq
@@ -248,76 +258,24 @@ class ChainVerifier:
                        "recomputed, or replaced")
 
 
-def parse_export_line(text: str) -> ChainRecord | dict[str, Any]:
-    """A record line as a ChainRecord, or the header line as a dict. ValueError says what is
-    wrong. Duplicate keys are refused: a reader might show one value while the hash covers
-    the other."""
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        if len(keys) != len(set(keys)):
-            raise ValueError(f"duplicate key in {keys}")
-        return dict(pairs)
-
-    obj = json.loads(text, object_pairs_hook=no_duplicates)
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    if obj.get("format") == EXPORT_FORMAT:
-        return obj
-    if set(obj) != RECORD_FIELDS:
-        raise ValueError(f"expected the fields {sorted(RECORD_FIELDS)}, got {sorted(obj)}")
-    seq, payload = obj["seq"], obj["payload"]
-    if type(seq) is not int or seq < 1 or not isinstance(payload, dict):
-        raise ValueError("seq must be a positive integer and payload an object")
-    if not all(isinstance(obj[k], str) for k in ("time", "kind", "prev_hash", "hash")):
-        raise ValueError("time, kind, prev_hash and hash must be strings")
-    return ChainRecord(seq, obj["time"], obj["kind"], canonical_json(payload),
-                       obj["prev_hash"], obj["hash"])
-
-
-def read_export(path: str | Path) -> Iterator[tuple[int, ChainRecord | dict[str, Any] | str]]:
-    """(line number, record | header | error text) for each non-empty line."""
-    with open(path, encoding="utf-8") as lines:
-        for number, text in enumerate(lines, 1):
-            if not text.strip():
-                continue
-            try:
-                yield number, parse_export_line(text)
-            except ValueError as exc:
-                yield number, f"unreadable: {exc}"
-
-
-def verify_export(path: str | Path, public_keys: Iterable[PublicKey],
-                  coinbases: Iterable[BlockCoinbase] = (), *,
-                  require_signed: bool = True) -> VerifyReport:
-    verifier = ChainVerifier(public_keys, coinbases)
-    header: dict[str, Any] = {}
-    for number, item in read_export(path):
-        if isinstance(item, str):
-            verifier.fail_line(number, item)
-            break
-        if isinstance(item, dict):
-            if header or verifier.report.first_seq is not None:
-                verifier.fail_line(number, "a second export header")
-                break
-            header = item
-            continue
-        if not verifier.feed(item, number):
-            break
-    return verifier.finish(require_signed=require_signed, expect_first=header.get("first_seq"),
-                           expect_last=header.get("last_seq"))
-
-
 async def verify_database(db: Database, public_keys: Iterable[PublicKey],
-                          coinbases: Iterable[BlockCoinbase] = (), *,
-                          require_signed: bool = False) -> VerifyReport:
+                          coinbases: Iterable[BlockCoinbase] = (), *, require_signed: bool = False,
+                          previous: ChainHead | None = None) -> VerifyReport:
     """The same checks on the live table, seq order. The unsigned tail is normal there (records
-    since the last checkpoint) unless `require_signed`."""
+    since the last checkpoint) unless `require_signed`. The database holds the whole log, so it
+    must reach at least as far as a previous export did."""
     from .audit_store import AuditStore
     store = AuditStore(db)
-    verifier = ChainVerifier(public_keys, coinbases)
+    verifier = ChainVerifier(public_keys, coinbases, previous)
     bounds = await store.seq_bounds()
     if bounds is not None:
         async for record in store.records(1, bounds[1]):
             if not verifier.feed(record):
                 break
-    return verifier.finish(require_signed=require_signed, expect_first=1 if bounds else None)
+    report = verifier.finish(require_signed=require_signed, expect_first=1 if bounds else None)
+    if report.ok and previous is not None and (report.last_seq or 0) < previous.seq:
+        report.problem = Break(BreakKind.TRUNCATED, (report.last_seq or 0) + 1, None,
+                               f"records {(report.last_seq or 0) + 1}..{previous.seq} missing: "
+                               f"the log ends at record {report.last_seq} but a previous export "
+                               f"reached record {previous.seq}; records were removed at the end")
+    return report

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from compliance.audit_chain import canonical_json, record_hash
+from compliance.audit_chain import canonical_json, checkpoint_message, record_hash
 from compliance.audit_keys import SigningKey, generate_key_file
 from compliance.audit_log import AuditLog
 from db_fixtures import BACKENDS, TIMEOUT_FACTOR, migrated_database_url  # noqa: F401
@@ -96,11 +96,18 @@ def rehash(row: dict[str, Any], prev_hash: str) -> dict[str, Any]:
     return row
 
 
-def rechain(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
-    """Recompute every hash from index `start` on: a forger covering an edit (needs no key)."""
+def rechain(rows: list[dict[str, Any]], start: int,
+            key: SigningKey | None = None) -> list[dict[str, Any]]:
+    """Recompute every hash from index `start` on: a forger covering an edit (needs no key).
+    With `key`, checkpoints are signed again too: the pool's own key holder rewriting history."""
     out = rows[:start]
     for row in rows[start:]:
-        out.append(rehash(row, out[-1]["hash"] if out else row["prev_hash"]))
+        prev = out[-1] if out else None
+        if key is not None and row["kind"] == "checkpoint" and prev is not None:
+            signature = key.sign(checkpoint_message(prev["seq"], prev["hash"]))
+            row = {**row, "payload": {**row["payload"], "signed_hash": prev["hash"],
+                                      "signed_seq": prev["seq"], "signature": signature.hex()}}
+        out.append(rehash(row, prev["hash"] if prev else row["prev_hash"]))
     return out
 
 

@@ -19,7 +19,7 @@ from compliance.audit_chain import (ANCHOR_SIZE, GENESIS, ChainHead, anchor_tag,
                                     normalise_payload, record_hash, record_preimage)
 from compliance.audit_keys import (AuditKeyError, AuditKeyMissing, generate_key_file,
                                    load_or_create_signing_key, load_signing_key, parse_public_key)
-from compliance.audit_verify import parse_export_line
+from compliance.audit_export import parse_export_line
 from pool.coinbase import MAX_SCRIPT_SIG_SIZE, build_script_sig
 
 # The worked example of docs/auditor-guide.md: keep the two in step.

@@ -4,6 +4,7 @@ recomputes every hash after an edit. On an export file, and on the live database
 backends)."""
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from audit_fixtures import (audit_db, audit_db_url, fill_log, index_of, payload,
                             read_lines, rechain, rehash, run_with_triggers_off, signing_key,
                             write_lines)
 from compliance.audit_chain import canonical_json, checkpoint_message
-from compliance.audit_export import export_log
+from compliance.audit_export import export_log, last_record_of_export, verify_export
 from compliance.audit_keys import SigningKey, generate_key_file
-from compliance.audit_verify import BreakKind, VerifyReport, verify_database, verify_export
+from compliance.audit_verify import BreakKind, VerifyReport, verify_database
 from db_fixtures import sqlite_database_url  # noqa: F401
 from pool.db import Database
 
@@ -43,7 +44,7 @@ def assert_break(report: VerifyReport, kind: BreakKind, seq: int, line: int | No
     assert (report.problem.kind, report.problem.seq) == (kind, seq), report.problem
     if line is not None:
         assert report.problem.line == line, report.problem
-    assert f"record {seq}" in report.problem.message
+    assert re.search(rf"\brecords? {seq}\b", report.problem.message), report.problem.message
 
 
 def test_untouched_export_verifies(export: Path, signing_key: SigningKey) -> None:
@@ -195,6 +196,21 @@ def test_malformed_lines_and_duplicate_keys(export: Path, signing_key: SigningKe
         assert report.problem.line == 6
 
 
+def test_the_key_holder_cannot_rewrite_what_an_auditor_already_has(
+        export: Path, signing_key: SigningKey, tmp_path: Path) -> None:
+    """Everything re-signed with the pool's own key verifies alone, but not against the last
+    record of the export the auditor kept from the previous audit."""
+    header, rows = read_lines(export)
+    at = index_of(rows, 8)
+    rows[at] = {**rows[at], "payload": {**rows[at]["payload"], "login": "someone-else"}}
+    rewritten = write_lines(tmp_path / "resigned.jsonl", header, rechain(rows, at, signing_key))
+    assert check(rewritten, signing_key).ok
+    previous = last_record_of_export(export)
+    report = verify_export(rewritten, [signing_key.public], previous=previous)
+    assert_break(report, BreakKind.REWRITTEN, previous.seq)
+    assert verify_export(export, [signing_key.public], previous=previous).previous == "matches"
+
+
 # -- the live database -----------------------------------------------------------------------
 
 async def test_database_edits_are_named(audit_db: Database, signing_key: SigningKey) -> None:  # noqa: F811
@@ -209,6 +225,19 @@ async def test_database_edits_are_named(audit_db: Database, signing_key: Signing
     await run_with_triggers_off(audit_db, "DELETE FROM audit_log WHERE seq = 2")
     report = await verify_database(audit_db, [signing_key.public])
     assert_break(report, BreakKind.MISSING, 2)
+
+
+async def test_database_shorter_than_a_previous_export_is_truncated(
+        audit_db: Database, signing_key: SigningKey, tmp_path: Path) -> None:  # noqa: F811
+    await fill_log(audit_db, signing_key, 20, every=5)
+    await export_log(audit_db, tmp_path / "before.jsonl", signer=signing_key)
+    previous = last_record_of_export(tmp_path / "before.jsonl")
+    assert (await verify_database(audit_db, [signing_key.public], previous=previous)).ok
+    await run_with_triggers_off(audit_db, f"DELETE FROM audit_log WHERE seq > {previous.seq - 4}")
+    report = await verify_database(audit_db, [signing_key.public])
+    assert report.ok            # a cut at the end leaves a valid, shorter chain...
+    report = await verify_database(audit_db, [signing_key.public], previous=previous)
+    assert_break(report, BreakKind.TRUNCATED, previous.seq - 3)   # ...that the auditor notices
 
 
 async def test_database_refuses_update_and_delete(audit_db: Database,  # noqa: F811
