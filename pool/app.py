@@ -2,24 +2,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 
-from stratum.cost import CostLimits
+from pathlib import Path
+
+from compliance.authorizer import RegistryAuthorizer
+from compliance.backoff import RefusalBackoff
+from compliance.demo_registry import seed_demo_registry
+from compliance.pii import load_pii_box
+from compliance.registry import LicenceRegistry
+from compliance.watcher import LicenceWatcher
 from stratum.extranonce import Extranonce1Allocator
 from stratum.interfaces import Authorizer, ShareHasher
-from stratum.server import Listener, ServerLimits, StratumServer
-from stratum.session import SessionConfig
-from stratum.vardiff import VardiffConfig
+from stratum.server import StratumServer
 
 from .address import address_to_script
 from .config import PoolConfig, redacted
 from .allowlist_auth import AllowlistAuthorizer
+from .db import Database
 from .jobs import JobFeed
+from .listeners import build_listeners, server_limits
 from .logsetup import active_anonymiser
 from .metrics import PoolMetrics
 from .metrics_http import HttpServer, start_metrics_server
 from .admin import start_admin_server
+from .sharelog import ShareLog, record_from_share
 from .shares import PoolShareSink
 from .template import TemplateSource
 
@@ -43,28 +52,6 @@ def select_hasher() -> ShareHasher:
     return native_select()
 
 
-def session_config(cfg: PoolConfig, start: float, minimum: float) -> SessionConfig:
-    s = cfg.stratum
-    return SessionConfig(
-        extranonce2_size=s.extranonce2_size, version_mask=int(s.version_mask, 16), start_difficulty=start,
-        vardiff=VardiffConfig(target_s=s.target_share_s, retarget_s=s.retarget_s,
-                              hysteresis=s.vardiff_hysteresis, decline_after_s=s.decline_after_s,
-                              min_difficulty=minimum, max_difficulty=s.max_difficulty),
-        ntime_future_s=s.ntime_future_s, max_workers=s.max_workers_per_connection,
-        max_line_bytes=s.max_line_bytes,
-        costs=CostLimits(s.cost_soft_limit, s.cost_hard_limit, s.cost_half_life_s))
-
-
-def build_listeners(cfg: PoolConfig) -> list[Listener]:
-    s = cfg.stratum
-    out = [Listener(s.host, s.port, session_config(cfg, s.start_difficulty, s.min_difficulty),
-                    s.tls_cert or None, s.tls_key or None)]
-    for p in s.extra_ports:
-        out.append(Listener(p.host or s.host, p.port, session_config(cfg, p.start_difficulty, p.min_difficulty),
-                            s.tls_cert if p.tls else None, s.tls_key if p.tls else None))
-    return out
-
-
 def build_source(cfg: PoolConfig) -> TemplateSource:
     if cfg.node.source == "simnet":
         from .simnet import SimulatedChain
@@ -78,12 +65,6 @@ def build_source(cfg: PoolConfig) -> TemplateSource:
                           refresh_s=n.refresh_s, timeout_s=n.rpc_timeout_s)
 
 
-def build_authorizer(cfg: PoolConfig) -> Authorizer:
-    if cfg.auth.authorizer == "allowlist":
-        return AllowlistAuthorizer(cfg.auth.logins, cfg.auth.allowed_networks)
-    return AllowlistAuthorizer.demo()
-
-
 def payout_script(cfg: PoolConfig) -> bytes:
     if cfg.coinbase.payout_script_hex:
         return bytes.fromhex(cfg.coinbase.payout_script_hex)
@@ -95,16 +76,19 @@ class PoolApp:
                  authorizer: Authorizer | None = None) -> None:
         self.cfg = cfg
         self.source = source or build_source(cfg)
-        self.authorizer = authorizer or build_authorizer(cfg)
+        self.db = Database(cfg.database.url)
+        self.share_log = ShareLog(self.db, Path(cfg.database.spill_path))
+        self.registry: LicenceRegistry | None = None
+        self.watcher: LicenceWatcher | None = None
+        self.authorizer = authorizer or self._build_authorizer()
         self.hasher = select_hasher()
-        self.sink = PoolShareSink(self.source)
+        self.sink = PoolShareSink(self.source, store=self.share_log, record_factory=record_from_share)
         s = cfg.stratum
+        still_valid = getattr(self.authorizer, "is_still_valid", None)
         self.server = StratumServer(
-            build_listeners(cfg),
-            ServerLimits(max_sessions=s.max_sessions, idle_timeout_s=s.idle_timeout_s,
-                         send_stall_timeout_s=s.send_stall_timeout_s, shutdown_timeout_s=s.shutdown_timeout_s,
-                         write_high_water_bytes=s.write_high_water_bytes, sweep_interval_s=s.sweep_interval_s),
-            self.authorizer, self.hasher, self.sink, Extranonce1Allocator(s.extranonce1_size))
+            build_listeners(cfg), server_limits(cfg), self.authorizer, self.hasher, self.sink,
+            Extranonce1Allocator(s.extranonce1_size),
+            still_authorized=(lambda account: still_valid(account.login)) if still_valid else None)
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
                             s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16))
         anonymiser = active_anonymiser()
@@ -113,11 +97,44 @@ class PoolApp:
         self.endpoints: list[HttpServer] = []
         self._stopped = asyncio.Event()
 
+    def _build_authorizer(self) -> Authorizer:
+        cfg = self.cfg
+        if cfg.auth.authorizer == "allowlist":
+            return AllowlistAuthorizer(cfg.auth.logins, cfg.auth.allowed_networks)
+        c = cfg.compliance
+        demo_key = str(Path(cfg.database.spill_path).parent / "pii-demo.key")
+        pii = load_pii_box(c.pii_key_file, allow_demo_key=cfg.mode == "demo", demo_key_path=demo_key)
+        self.registry = LicenceRegistry(self.db, pii)
+        authorizer = RegistryAuthorizer(self.registry, c.require_datacentre_ip,
+                                        backoff=RefusalBackoff(c.auth_backoff_base_s, c.auth_backoff_max_s,
+                                                               c.auth_backoff_forget_s))
+        self.watcher = LicenceWatcher(self.registry, self._licence_invalid, interval_s=c.licence_poll_s,
+                                      full_scan_s=c.licence_full_scan_s, authorizer=authorizer)
+        return authorizer
+
+    def _licence_invalid(self, login: str, text: str) -> None:
+        # Every session of that login is told why and disconnected; in-flight shares are refused by
+        # the server's still_authorized check.
+        count = self.server.show_message(lambda account: account.login == login, text, disconnect=True)
+        log.info("licence_invalid_sessions_closed sessions=%d", count)
+
+    async def _prepare_database(self) -> None:
+        if self.cfg.mode == "demo":
+            await self.db.upgrade()            # the embedded default keeps its own schema current
+        else:
+            await self.db.check_schema()       # production: `kzpool db upgrade` is the operator's step
+        if self.registry is not None and self.cfg.mode == "demo":
+            await seed_demo_registry(self.registry)
+
     async def start(self) -> None:
-        log.info("pool_start mode=%s source=%s hasher=%s config=%s", self.cfg.mode, self.source.name,
-                 self.hasher.name, redacted(self.cfg))
+        log.info("pool_start mode=%s source=%s hasher=%s database=%s config=%s", self.cfg.mode,
+                 self.source.name, self.hasher.name, self.db.safe_url, json.dumps(redacted(self.cfg)))
         if self.cfg.node.source == "simnet":
             log.warning("simulated_chain%s", SIMNET_BANNER)
+        await self._prepare_database()
+        await self.share_log.start()
+        if self.watcher is not None:
+            await self.watcher.start()         # the baseline exists before the first miner connects
         await self.server.start()
         self.jobs.start()
 
@@ -132,7 +149,11 @@ class PoolApp:
         await self.jobs.stop()
         await self.server.shutdown()
         await self.sink.drain()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.share_log.close()           # every acknowledged share is durable before exit
         await self.source.close()
+        await self.db.close()
         for endpoint in self.endpoints:      # last: Prometheus and `kzpool status` see the shutdown
             endpoint.close()
         self.endpoints.clear()

@@ -102,11 +102,24 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    # "demo": login `demo` (workers demo.<anything>) from loopback only. Production names its own:
-    # "allowlist" takes `logins` from the source networks `allowed_networks` (CIDRs).
-    authorizer: str = "demo"
+    # "registry": licensed miners from the licence registry (the embedded default seeds a demo data
+    # centre covering loopback and the login `demo`). "allowlist": `logins` from `allowed_networks`
+    # (CIDRs), for a pool that has no registry yet.
+    authorizer: str = "registry"
     logins: tuple[str, ...] = ()
     allowed_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ComplianceConfig:
+    require_datacentre_ip: bool = True  # refuse miners outside their data centre's registered IP ranges
+    pii_key_file: str = ""              # 32-byte key (raw, hex or base64); KZPOOL_PII_KEY overrides it;
+                                        # empty in demo mode: ./var/pii-demo.key is created
+    licence_poll_s: float = 1.0         # how often licence changes are read; must stay <= 2 s (5 s rule)
+    licence_full_scan_s: float = 300.0  # safety-net full read of every licence
+    auth_backoff_base_s: float = 1.0    # refused addresses wait 1, 2, 4 ... s before their next answer
+    auth_backoff_max_s: float = 60.0
+    auth_backoff_forget_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +161,7 @@ class PoolConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
     coinbase: CoinbaseConfig = field(default_factory=CoinbaseConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -158,7 +172,7 @@ class PoolConfig:
         choices = {"mode": (self.mode, {"demo", "production"}),
                    "node.source": (self.node.source, {"simnet", "bitcoind"}),
                    "chain.network": (self.chain.network, {"mainnet", "testnet", "testnet4", "signet", "regtest"}),
-                   "auth.authorizer": (self.auth.authorizer, {"demo", "allowlist"}),
+                   "auth.authorizer": (self.auth.authorizer, {"registry", "allowlist"}),
                    "log.format": (self.log.format, {"kv", "json"})}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -175,8 +189,14 @@ class PoolConfig:
             raise ConfigError("stratum.version_mask and simnet.bits must be hex") from None
         if bool(s.tls_cert) != bool(s.tls_key):
             raise ConfigError("stratum.tls_cert and stratum.tls_key go together")
-        if self.mode == "production" and self.auth.authorizer == "demo":
-            raise ConfigError("auth.authorizer = 'demo' is not allowed in production mode")
+        if not self.coinbase.payout_script_hex:
+            from .address import AddressError, address_to_script
+            try:
+                address_to_script(self.coinbase.payout_address, self.chain.network)
+            except AddressError as exc:
+                raise ConfigError(f"coinbase.payout_address: {exc}") from None
+        if not 0 < self.compliance.licence_poll_s <= 2:
+            raise ConfigError("compliance.licence_poll_s must be in (0, 2]: revocations reach miners within 5 s")
         if self.auth.authorizer == "allowlist":
             if not self.auth.logins or not self.auth.allowed_networks:
                 raise ConfigError("auth.authorizer = 'allowlist' needs auth.logins and auth.allowed_networks")
@@ -273,6 +293,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     env = os.environ if environ is None else environ
     if env.get("KZPOOL_RPC_PASSWORD") and not cfg.node.rpc_password:
         cfg = replace(cfg, node=replace(cfg.node, rpc_password=env["KZPOOL_RPC_PASSWORD"]))
+    if (cfg.mode == "production" and cfg.auth.authorizer == "registry" and not cfg.compliance.pii_key_file
+            and not env.get("KZPOOL_PII_KEY")):
+        raise ConfigError("compliance.pii_key_file (or KZPOOL_PII_KEY) is required in production mode")
     return cfg.validate()
 
 

@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 
 # Values that identify a miner or an account: replaced whole when anonymising.
 ANONYMISED_KEYS = frozenset({"login", "worker", "user", "peer", "ip", "addr", "address", "wallet"})
+# Third-party loggers kept at WARNING or above whatever the pool's level (SQLAlchemy logs SQL at INFO).
+LIBRARY_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy", "alembic", "asyncio")
 # Values that name the pool's own infrastructure (its nodes, its listeners): never rewritten.
 INFRASTRUCTURE_KEYS = frozenset({"node", "nodes", "host", "endpoint", "url", "source"})
 # Loggers whose warnings and errors come from systems outside the pool and repeat while those are down.
@@ -182,6 +184,9 @@ def setup_logging(level: str = "INFO", fmt: str = "kv", anonymise: bool = False,
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in LIBRARY_LOGGERS:
+        # Their debug lines carry SQL parameters (logins, workers, personal data) and flood the log.
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return anonymiser
 
 

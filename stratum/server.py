@@ -16,7 +16,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Callable
 
+from .errors import ErrorCode
 from .extranonce import Extranonce1Allocator, ExtranonceExhausted
 from .interfaces import Account, Authorizer, Peer, Refusal, ShareHasher, ShareSink
 from .jobbook import JobBook
@@ -65,7 +67,8 @@ class ServerStats:
 class StratumServer:
     def __init__(self, listeners: list[Listener], limits: ServerLimits, authorizer: Authorizer,
                  hasher: ShareHasher, sink: ShareSink, extranonces: Extranonce1Allocator,
-                 jobs: JobBook | None = None) -> None:
+                 jobs: JobBook | None = None,
+                 still_authorized: Callable[[Account], bool] | None = None) -> None:
         self.listeners = listeners
         self.limits = limits
         self.authorizer = authorizer
@@ -73,6 +76,8 @@ class StratumServer:
         self.sink = sink
         self.extranonces = extranonces
         self.jobs = jobs if jobs is not None else JobBook()
+        # Asked at every submit: a licence revoked after authorization stops counting shares at once.
+        self.still_authorized = still_authorized
         self.stats = ServerStats()
         self.connections: dict[int, "Connection"] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -160,6 +165,11 @@ class StratumServer:
 
     # ---- shares --------------------------------------------------------------------------------
     def queue_share(self, conn: "Connection", check: SubmitCheck) -> None:
+        if self.still_authorized is not None and not self.still_authorized(conn.session.workers[check.worker]):
+            conn.handle(conn.session.refuse_share(check, ErrorCode.UNAUTHORIZED_WORKER,
+                                                  "Unauthorized worker: licence no longer valid", "licence_invalid",
+                                                  time.monotonic()))
+            return
         self._batch.append((conn, check, time.perf_counter()))
         if not self._batch_scheduled:
             self._batch_scheduled = True

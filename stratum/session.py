@@ -291,8 +291,11 @@ class Session:
 
     def share_failed(self, check: SubmitCheck, now: float) -> list[Event]:
         """The pool could not hash or store the share: say so rather than acknowledge it."""
-        return self._refuse(check.msg_id, StratumError(ErrorCode.OTHER, "Internal error, share not counted",
-                                                       "internal_error"), now, check.worker, True)
+        return self.refuse_share(check, ErrorCode.OTHER, "Internal error, share not counted", "internal_error", now)
+
+    def refuse_share(self, check: SubmitCheck, code: ErrorCode, message: str, reason: str,
+                     now: float) -> list[Event]:
+        return self._refuse(check.msg_id, StratumError(code, message, reason), now, check.worker, True)
 
     # ---- jobs and difficulty -------------------------------------------------------------------
     def job_message(self, job: Job, notify: bytes) -> bytes | None:

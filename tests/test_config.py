@@ -17,11 +17,11 @@ def test_demo_file_spells_out_the_embedded_default():
 
 
 def test_production_template_loads_once_filled_in():
-    with pytest.raises(ConfigError, match="allowed_networks"):
+    with pytest.raises(ConfigError, match="coinbase.payout_address"):
         load_config(CONFIG_DIR / "production.toml")
-    cfg = load_config(CONFIG_DIR / "production.toml", ['auth.logins=["farm1"]',
-                                                       'auth.allowed_networks=["203.0.113.0/24"]'])
+    cfg = load_config(CONFIG_DIR / "production.toml", ['coinbase.payout_address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"'])
     assert cfg.mode == "production" and cfg.node.source == "bitcoind" and cfg.chain.network == "mainnet"
+    assert cfg.auth.authorizer == "registry" and cfg.compliance.require_datacentre_ip
 
 
 @pytest.mark.parametrize("assignment, check", [
@@ -41,7 +41,9 @@ def test_set_overrides_parse_as_toml(assignment, check):
     ('stratum.port="x"', "stratum.port: expected an integer"),
     ("node.source=carrier-pigeon", "node.source"),
     ("stratum.min_difficulty=10", "min_difficulty"),
-    ("mode=production", "demo' is not allowed in production"),
+    ("mode=production", "pii_key_file"),
+    ("chain.network=mainnet", "coinbase.payout_address"),            # the regtest demo address
+    ("compliance.licence_poll_s=5", "licence_poll_s"),
     ("stratum.version_mask=zz", "hex"),
     ("nonsense", "section.key=value"),
 ])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+import compliance.audit_models  # noqa: F401  (registers the audit table on Base.metadata)
+import compliance.models  # noqa: F401  (registers the registry tables on Base.metadata)
 from pool.models import Base
 
 config = context.config

@@ -46,3 +46,35 @@ async def test_pipelined_submits_share_one_batch_and_each_gets_its_reply():
         await miner.close()
     finally:
         await app.stop()
+
+
+class RevocableAuthorizer:
+    """An authorizer whose licences can be withdrawn mid-session (the registry's watcher does this)."""
+
+    def __init__(self) -> None:
+        self.revoked: set[str] = set()
+
+    async def authorize(self, worker, password, peer):
+        from stratum.interfaces import Account
+        return Account(worker.split(".")[0], worker)
+
+    def is_still_valid(self, login: str) -> bool:
+        return login not in self.revoked
+
+
+async def test_shares_in_flight_after_revocation_are_refused():
+    auth = RevocableAuthorizer()
+    app = PoolApp(load_config(overrides=test_config()), source=SimulatedChain(bits=0x1D0FFFFF, refresh_s=3600),
+                  authorizer=auth)
+    await app.start()
+    try:
+        miner = await StratumTestClient.connect("127.0.0.1", app.server.ports[0])
+        await miner.handshake(worker="farm.rig1")
+        assert (await miner.request("mining.submit", miner.mine_share(worker="farm.rig1")))["result"] is True
+        auth.revoked.add("farm")
+        reply = await miner.request("mining.submit", miner.mine_share(extranonce2=1, worker="farm.rig1"))
+        assert reply["error"][0] == 24 and "licence" in reply["error"][1]
+        assert app.server.stats.shares[("rejected", "licence_invalid")] == 1
+        await miner.close()
+    finally:
+        await app.stop()

@@ -103,7 +103,7 @@ async def test_unauthorized_login_refused_with_24(pool: PoolApp):
     client = await StratumTestClient.connect("127.0.0.1", pool.server.ports[0])
     await client.request("mining.subscribe", [])
     reply = await client.request("mining.authorize", ["stranger.rig", "x"])
-    assert error_code(reply) == ErrorCode.UNAUTHORIZED_WORKER and "Unknown login" in reply["error"][1]
+    assert error_code(reply) == ErrorCode.UNAUTHORIZED_WORKER and "unknown_login" in reply["error"][1]
     reply = await client.request("mining.submit", ["stranger.rig", "1", "00" * 8, "00000000", "00000000"])
     assert error_code(reply) == ErrorCode.UNAUTHORIZED_WORKER
     await client.close()
