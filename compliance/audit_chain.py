@@ -118,17 +118,25 @@ class ChainRecord:
 
     def export_line(self) -> str:
         """One line of an export: the record's C-JSON, hash included."""
-        return (f'{{"hash":"{self.hash}","kind":{canonical_json(self.kind)},'
-                f'"payload":{self.payload_json},"prev_hash":"{self.prev_hash}",'
-                f'"seq":{self.seq},"time":"{self.time}"}}')
+        return (f'{{"hash":{_json_string(self.hash)},"kind":{_json_string(self.kind)},'
+                f'"payload":{self.payload_json},"prev_hash":{_json_string(self.prev_hash)},'
+                f'"seq":{self.seq},"time":{_json_string(self.time)}}}')
+
+
+def _json_string(text: str) -> str:
+    """C-JSON of a string; the common case (printable ASCII without quote or backslash, as every
+    hash, time and kind the pool writes) needs no escaping and no json.dumps."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return canonical_json(text)
 
 
 def record_preimage(seq: int, time: str, kind: str, payload_json: str, prev_hash: str) -> bytes:
     """The bytes a record's hash covers: C-JSON of {"kind","payload","prev_hash","seq","time"}.
     Built by concatenation because payload_json is already canonical (no re-parse per record)."""
-    return (f'{{"kind":{canonical_json(kind)},"payload":{payload_json},'
-            f'"prev_hash":{canonical_json(prev_hash)},"seq":{seq},'
-            f'"time":{canonical_json(time)}}}').encode("ascii")
+    return (f'{{"kind":{_json_string(kind)},"payload":{payload_json},'
+            f'"prev_hash":{_json_string(prev_hash)},"seq":{seq},'
+            f'"time":{_json_string(time)}}}').encode("ascii")
 
 
 def record_hash(seq: int, time: str, kind: str, payload_json: str, prev_hash: str) -> str:

@@ -36,8 +36,9 @@ MICROS = 1_000_000
 
 class AuditLog:
     def __init__(self, db: Database, signer: SigningKey, *, checkpoint_every: int = 100,
-                 checkpoint_interval_s: float = 60.0, max_batch: int = 500,
-                 max_queue: int = 100_000, commit_timeout_s: float = 5.0,
+                 checkpoint_interval_s: float = 60.0, max_batch: int = 250,
+                 commit_interval_s: float = 0.05, max_queue: int = 250_000,
+                 commit_timeout_s: float = 5.0,
                  retry_interval_s: float = 1.0, close_timeout_s: float = 10.0,
                  clock: Callable[[], float] = time.time) -> None:
         if checkpoint_every < 1 or checkpoint_interval_s <= 0 or max_batch < 1:
@@ -49,6 +50,11 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval_s = checkpoint_interval_s
         self.max_batch = max_batch
+        # Group commit: at most one audit transaction per interval, even when batches are full,
+        # so the audit writer takes the database's write lock (all of SQLite, the share log's
+        # too) a few times a second, never continuously: max_batch / commit_interval_s is the
+        # most it appends per second; a flood beyond that queues, then drops (audit_gap).
+        self.commit_interval_s = commit_interval_s
         # Memory bound while the database is away: ~1 KB a record.
         self.max_queue = max_queue
         self.commit_timeout_s = commit_timeout_s
@@ -57,6 +63,8 @@ class AuditLog:
         self._clock = clock
         self._queue: deque[PendingRecord] = deque()
         self._wakeup = asyncio.Event()
+        self._close_requested = asyncio.Event()
+        self._next_commit_at = 0.0
         self._progress = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -67,6 +75,7 @@ class AuditLog:
         self.enqueued_total = 0
         self.committed_total = 0      # records from record(), gap and checkpoints not counted
         self.dropped_total = 0
+        self.commits_total = 0        # transactions: what the database's write lock sees
         self.last_commit_latency_s = 0.0
 
     # -- the pool's side: never blocks ------------------------------------------------------
@@ -127,6 +136,7 @@ class AuditLog:
         """Commit the queue and a final checkpoint; gives up after `close_timeout_s`."""
         self._closing = True
         self._wakeup.set()
+        self._close_requested.set()
         if self._writer is None:
             return
         try:
@@ -164,10 +174,23 @@ class AuditLog:
                 if self._state.unsigned == 0 or await self._commit([], sign_head=True):
                     return
                 continue
+            await self._gather_batch()
             batch = list(islice(self._queue, self.max_batch))
             checkpoint_due = self._checkpoint_due_in() == 0.0
             if batch or checkpoint_due:
                 await self._commit(batch, sign_head=checkpoint_due)
+                self._next_commit_at = time.monotonic() + self.commit_interval_s
+
+    async def _gather_batch(self) -> None:
+        """Let records gather until the commit interval has passed or close() is called."""
+        pause = self._next_commit_at - time.monotonic()
+        if pause <= 0 or self._closing:
+            return
+        try:
+            async with asyncio.timeout(pause):
+                await self._close_requested.wait()
+        except TimeoutError:
+            pass
 
     async def _commit(self, batch: list[PendingRecord], *, sign_head: bool) -> bool:
         now_us = round(self._clock() * MICROS)
@@ -195,6 +218,7 @@ class AuditLog:
             self._queue.popleft()
         self._dropped -= dropped
         self.committed_total += len(batch)
+        self.commits_total += 1
         self._set_state(state)
         self._progress.set()
         return True

@@ -48,7 +48,7 @@ async def minute_log(sqlite_database_url: str, signing_key: SigningKey,  # noqa:
     now = [START]
     db = Database(sqlite_database_url)
     log = AuditLog(db, signing_key, checkpoint_every=5, checkpoint_interval_s=1e9,
-                   clock=lambda: now[0])
+                   commit_interval_s=0.0, clock=lambda: now[0])
     await log.start()
     for i in range(30):
         log.record("test", payload(i))

@@ -76,6 +76,26 @@ async def test_checkpoint_after_the_interval_without_new_records(audit_db: Datab
     await log.close()
 
 
+async def test_records_arriving_together_share_a_transaction(audit_db: Database,  # noqa: F811
+                                                            signing_key: SigningKey) -> None:
+    """Group commit: the audit writer takes the write lock a few times a second, not once per
+    record, however the records trickle in."""
+    log = AuditLog(audit_db, signing_key, commit_interval_s=0.3)
+    await log.start()
+    log.record("test", payload(0))
+    await log.flush()
+    before = log.commits_total
+    started = time.monotonic()
+    for i in range(1, 41):
+        log.record("test", payload(i))
+        await asyncio.sleep(0.004)
+    await log.flush()
+    assert log.committed_total == 41
+    assert log.commits_total - before <= 1 + (time.monotonic() - started) / 0.3
+    await log.close()
+    await assert_intact(audit_db, signing_key)
+
+
 async def test_a_restart_continues_the_chain(audit_db: Database,  # noqa: F811
                                              signing_key: SigningKey) -> None:
     first = await fill_log(audit_db, signing_key, 12)
