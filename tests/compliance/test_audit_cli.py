@@ -17,7 +17,7 @@ from audit_fixtures import (audit_db_url, fill_log, payload, read_lines, signing
                             timeout, write_lines)
 from compliance import audit_cli
 from compliance.audit_chain import ChainHead, anchor_tag, canonical_json
-from compliance.audit_events import ADMIN_COMMAND
+from compliance.audit_events import ADMIN_COMMAND, BLOCK_FOUND, block_found
 from compliance.audit_keys import SigningKey
 from compliance.audit_log import AuditLog
 from compliance.audit_store import AuditStore, PendingRecord
@@ -175,3 +175,57 @@ async def test_verify_db_as_its_own_process(sqlite_database_url: str,  # noqa: F
         cwd=ROOT, capture_output=True, text=True, timeout=timeout(60))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RESULT: OK" in result.stdout
+
+
+async def serve_blocks(blocks: dict[str, dict[str, object]]) -> asyncio.Server:
+    """A Bitcoin node as far as `getblock <hash> 2` goes: an in-memory fake of the external node,
+    HTTP/1.1 JSON-RPC with Core's reply shapes (error -5 for an unknown block)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            key, _, value = line.decode().partition(":")
+            headers[key.strip().lower()] = value.strip()
+        call = json.loads(await reader.readexactly(int(headers["content-length"])))
+        block = blocks.get(call["params"][0]) if call["method"] == "getblock" else None
+        reply = ({"result": block, "error": None, "id": call["id"]} if block else
+                 {"result": None, "error": {"code": -5, "message": "Block not found"}, "id": call["id"]})
+        body = json.dumps(reply).encode()
+        writer.write(f"HTTP/1.1 {200 if block else 500} OK\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_verify_confirms_anchors_with_a_node(
+        sqlite_database_url: str, signing_key: SigningKey, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = Database(sqlite_database_url)
+    log = AuditLog(db, signing_key)
+    await log.start()
+    for i in range(10):
+        log.record("test", payload(i))
+    await log.flush()
+    anchored_seq = log.head()[0]
+    layout = build_script_sig(850_001, 12, tag=b"/kzpool/", extra_push=log.anchor_push())
+    script_sig = layout.before_extranonce + bytes(12) + layout.after_extranonce
+    found, orphan = "11" * 32, "22" * 32
+    for block_hash in (found, orphan):
+        log.record(BLOCK_FOUND, block_found(850_001, block_hash, "demo.rig1", script_sig, []))
+    await log.close()
+    await db.close()
+    out = tmp_path / "export.jsonl"
+    await arun(capsys, "export", "--database-url", sqlite_database_url, "--key-file",
+               str(tmp_path / "keys" / "audit-ed25519.pem"), "--out", str(out))
+
+    node = await serve_blocks({found: {"height": 850_001, "confirmations": 3,
+                                       "tx": [{"vin": [{"coinbase": script_sig.hex()}]}]}})
+    port = node.sockets[0].getsockname()[1]
+    code, text, _ = await arun(capsys, "verify", str(out), "--pubkey", signing_key.public.hex,
+                               "--node", f"http://user:pass@127.0.0.1:{port}")
+    node.close()
+    assert code == 0, text
+    assert (f"anchor: record {anchored_seq} in block {found} (height 850001): CONFIRMED in the "
+            f"blockchain (node 127.0.0.1:{port})") in text
+    assert f"the node does not have block {orphan}" in text
