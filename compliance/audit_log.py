@@ -2,10 +2,11 @@
 
 `record(kind, payload)` only encodes the payload and queues it; it never awaits and never touches
 the database, so share processing and authorization never wait for the audit log. One writer task
-appends the queue in batches, each batch one transaction that extends the chain from the committed
-head (compliance/audit_store.py), so a crash loses at most the records still queued and never
-breaks the chain. A checkpoint signs the head every `checkpoint_every` records and, while records
-are unsigned, at least every `checkpoint_interval_s`; `close()` signs whatever is left.
+appends the queue in batches (group commit: at most one transaction per `commit_interval_s`), each
+one transaction that extends the chain from the committed head (compliance/audit_store.py), so a
+crash loses at most the records still queued and never breaks the chain. A checkpoint signs the
+head every `checkpoint_every` records and, while records are unsigned, at least every
+`checkpoint_interval_s`; `close()` signs whatever is left.
 
 If the database is unreachable the writer retries and the queue grows up to `max_queue`; past
 that, records are counted and dropped (blocking the pool would be worse), and the first batch
@@ -24,7 +25,7 @@ from typing import Any
 from pool.db import Database
 
 from .audit_chain import (CHECKPOINT_KIND, GENESIS, MAX_KIND_LENGTH, anchor_tag, canonical_json,
-                          normalise_payload)
+                          format_time, normalise_payload)
 from .audit_keys import SigningKey
 from .audit_store import AuditStore, ChainState, PendingRecord
 
@@ -55,7 +56,7 @@ class AuditLog:
         # too) a few times a second, never continuously: max_batch / commit_interval_s is the
         # most it appends per second; a flood beyond that queues, then drops (audit_gap).
         self.commit_interval_s = commit_interval_s
-        # Memory bound while the database is away: ~1 KB a record.
+        # Memory bound while the database is away: a few hundred bytes a record.
         self.max_queue = max_queue
         self.commit_timeout_s = commit_timeout_s
         self.retry_interval_s = retry_interval_s
@@ -197,7 +198,7 @@ class AuditLog:
         dropped = self._dropped
         pending = batch
         if dropped:
-            gap = {"dropped": dropped, "first_dropped_at_us": self._dropped_first_us,
+            gap = {"dropped": dropped, "first_dropped_at": format_time(self._dropped_first_us),
                    "last_known_seq": self._state.head.seq}
             pending = [PendingRecord(now_us, AUDIT_GAP_KIND, canonical_json(gap)), *batch]
         started = time.perf_counter()
