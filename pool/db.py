@@ -30,6 +30,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # share log spills to its file instead; long enough to ride out a checkpoint or a compaction chunk.
 SQLITE_BUSY_TIMEOUT_MS = 2000
 UPGRADE_COMMAND = "kzpool db upgrade"
+# After a checkpoint lets the WAL start over, its file is cut back to this size: a big transaction
+# (a compaction chunk) must not leave a huge WAL file behind for good.
+SQLITE_WAL_LIMIT_BYTES = 64 * 2**20
 
 
 class SchemaError(RuntimeError):
@@ -65,6 +68,7 @@ def head_revision() -> str:
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON",
+                   f"journal_size_limit={SQLITE_WAL_LIMIT_BYTES}",
                    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
@@ -110,15 +114,6 @@ class Database:
         PostgreSQL needs nothing special."""
         if self.dialect == "sqlite":
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    async def checkpoint(self) -> None:
-        """SQLite: copy the WAL back into the database file (PASSIVE: never waits for, nor blocks,
-        writers). The share log turns automatic checkpoints off on its own connection and calls
-        this from a background task instead, so a checkpoint's writes and fsyncs (tens of ms on a
-        large WAL) stop landing inside a share commit. PostgreSQL: nothing to do."""
-        if self.dialect == "sqlite":
-            async with self.engine.connect() as conn:
-                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:

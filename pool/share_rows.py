@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WorkerKey = tuple[str, str]  # (login, worker name)
-SQLITE_AUTOCHECKPOINT = 1000  # SQLite's default, in WAL pages
 SQLITE_WRITER_CACHE_KIB = 256 * 1024  # page cache of the share writer's connection
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
@@ -125,9 +124,7 @@ class ShareRowWriter:
     async def _connect(self) -> AsyncConnection:
         conn = await self._db.engine.connect()
         if self._db.dialect == "sqlite":
-            # Checkpoints run beside the writer (Database.checkpoint), not inside its commits.
-            await conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-            # Every share lands on a random leaf of the (share_hash, worker_id) index: a cache
+            # Every share lands on a random leaf of the (share_hash, worker_id) key: a cache
             # that holds the index keeps inserts off the disk (2 MiB default: ~40k shares).
             await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
             await conn.commit()  # ends SQLAlchemy's autobegun transaction; the PRAGMA stays set
@@ -156,8 +153,7 @@ class ShareRowWriter:
         conn, self._conn = self._conn, None
         if conn is not None:
             if self._db.dialect == "sqlite":  # back to the default before it returns to the pool
-                await conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT}")
-                await conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default
+                await conn.exec_driver_sql("PRAGMA cache_size=-2000")
                 await conn.commit()
             await self._close_quietly(conn, invalidate=False)
         if self._closing:

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# SQLite: how often the WAL is copied back into the database file, off the commit path. At 50,000
-# shares/s a second of WAL is ~20 MB, which a passive checkpoint absorbs without stalling commits.
-CHECKPOINT_INTERVAL_S = 1.0
 # Batches committing at once, on separate connections. PostgreSQL inserts in one backend per
 # connection, so a second connection overlaps the server's work (measured: ~1.8x the inserts/s
 # of one on 2 cores); SQLite has one writer at a time, a second would only wait for the lock.
@@ -132,7 +129,6 @@ class ShareLog:
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
         self._closing = False
         self.last_commit_latency_s = 0.0
         self._commits = 0
@@ -160,9 +156,6 @@ class ShareLog:
         database is down, start in spill mode; the replayer keeps trying."""
         await self._spill.open()
         self._writer = asyncio.create_task(self._write_loop(), name="sharelog-writer")
-        if self._db.dialect == "sqlite":
-            self._checkpointer = asyncio.create_task(self._checkpoint_loop(),
-                                                     name="sharelog-checkpointer")
         log.info("event=sharelog_started database=%s spill=%s max_batch=%d max_delay_s=%s "
                  "commit_timeout_s=%s commit_pipeline=%d", self._db.safe_url,
                  self._spill.spill.path, self.max_batch, self.max_delay_s,
@@ -196,9 +189,6 @@ class ShareLog:
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            await asyncio.gather(self._checkpointer, return_exceptions=True)
         while not self._idle_writers.empty():
             await self._idle_writers.get_nowait().close()
         await self._spill.close()
@@ -270,14 +260,3 @@ class ShareLog:
             if spilled is not None:
                 return None if spilled else ShareLogUnavailable(
                     "database and spill file both failed")
-
-    async def _checkpoint_loop(self) -> None:
-        committed = 0
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-            if self.batches_committed != committed:
-                committed = self.batches_committed
-                try:
-                    await self._db.checkpoint()
-                except Exception as exc:  # e.g. locked by a long writer: the next round retries
-                    log.info("event=checkpoint_skipped error=%s", type(exc).__name__)
