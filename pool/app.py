@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import signal
 
 from pathlib import Path
 
+from compliance import audit_events
+from compliance.audit_events import AuditedAuthorizer
+from compliance.audit_keys import load_or_create_signing_key
+from compliance.audit_log import AuditLog
 from compliance.authorizer import RegistryAuthorizer
 from compliance.backoff import RefusalBackoff
 from compliance.demo_registry import seed_demo_registry
@@ -29,10 +34,14 @@ from .metrics import PoolMetrics
 from .metrics_http import HttpServer, start_metrics_server
 from .admin import start_admin_server
 from .sharelog import ShareLog, record_from_share
-from .shares import PoolShareSink
+from .shares import BlockEvent, PoolShareSink
 from .template import TemplateSource
 
 log = logging.getLogger("kzpool.app")
+try:
+    __version__ = importlib.metadata.version("kzpool")
+except importlib.metadata.PackageNotFoundError:      # running from a checkout without installing
+    __version__ = "0+checkout"
 
 SIMNET_BANNER = """
   ************************************************************************
@@ -77,6 +86,12 @@ class PoolApp:
         self.cfg = cfg
         self.source = source or build_source(cfg)
         self.db = Database(cfg.database.url)
+        a = cfg.audit
+        # Production refuses to start without its key; the embedded default makes one on first start.
+        self.audit_key = load_or_create_signing_key(a.key_file, create_if_missing=cfg.mode != "production")
+        self.audit = AuditLog(self.db, self.audit_key, checkpoint_every=a.checkpoint_every,
+                              checkpoint_interval_s=a.checkpoint_interval_s, max_batch=a.max_batch,
+                              commit_interval_s=a.commit_interval_s, max_queue=a.max_queue)
         self.share_log = ShareLog(self.db, Path(cfg.database.spill_path))
         self.registry: LicenceRegistry | None = None
         self.watcher: LicenceWatcher | None = None
@@ -90,7 +105,9 @@ class PoolApp:
             Extranonce1Allocator(s.extranonce1_size),
             still_authorized=(lambda account: still_valid(account.login)) if still_valid else None)
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
-                            s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16))
+                            s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16),
+                            extra_push=self.audit.anchor_push)
+        self.sink.on_block.append(self._block_found)
         anonymiser = active_anonymiser()
         self.metrics = PoolMetrics(self, per_login_top_n=cfg.metrics.per_login_top_n,
                                    login_label=anonymiser.pseudonym if anonymiser else str)
@@ -100,17 +117,21 @@ class PoolApp:
     def _build_authorizer(self) -> Authorizer:
         cfg = self.cfg
         if cfg.auth.authorizer == "allowlist":
-            return AllowlistAuthorizer(cfg.auth.logins, cfg.auth.allowed_networks)
+            return AuditedAuthorizer(AllowlistAuthorizer(cfg.auth.logins, cfg.auth.allowed_networks), self.audit)
         c = cfg.compliance
         demo_key = str(Path(cfg.database.spill_path).parent / "pii-demo.key")
         pii = load_pii_box(c.pii_key_file, allow_demo_key=cfg.mode == "demo", demo_key_path=demo_key)
-        self.registry = LicenceRegistry(self.db, pii)
-        authorizer = RegistryAuthorizer(self.registry, c.require_datacentre_ip,
+        self.registry = LicenceRegistry(self.db, pii, audit=self.audit.record)
+        authorizer = RegistryAuthorizer(self.registry, c.require_datacentre_ip, audit=self.audit.record,
                                         backoff=RefusalBackoff(c.auth_backoff_base_s, c.auth_backoff_max_s,
                                                                c.auth_backoff_forget_s))
         self.watcher = LicenceWatcher(self.registry, self._licence_invalid, interval_s=c.licence_poll_s,
                                       full_scan_s=c.licence_full_scan_s, authorizer=authorizer)
         return authorizer
+
+    def _block_found(self, event: BlockEvent, block: bytes) -> None:
+        self.audit.record(audit_events.BLOCK_FOUND, audit_events.block_found(
+            event.height, event.hash_display, event.worker, audit_events.script_sig_of_block(block), event.outcomes))
 
     def _licence_invalid(self, login: str, text: str) -> None:
         # Every session of that login is told why and disconnected; in-flight shares are refused by
@@ -123,8 +144,6 @@ class PoolApp:
             await self.db.upgrade()            # the embedded default keeps its own schema current
         else:
             await self.db.check_schema()       # production: `kzpool db upgrade` is the operator's step
-        if self.registry is not None and self.cfg.mode == "demo":
-            await seed_demo_registry(self.registry)
 
     async def start(self) -> None:
         log.info("pool_start mode=%s source=%s hasher=%s database=%s config=%s", self.cfg.mode,
@@ -132,9 +151,15 @@ class PoolApp:
         if self.cfg.node.source == "simnet":
             log.warning("simulated_chain%s", SIMNET_BANNER)
         await self._prepare_database()
+        await self.audit.start()
+        self.audit.record(audit_events.POOL_START, audit_events.pool_start(
+            redacted(self.cfg), version=__version__, key_id=self.audit_key.key_id))
+        if self.registry is not None and self.cfg.mode == "demo":
+            await seed_demo_registry(self.registry)
         await self.share_log.start()
         if self.watcher is not None:
             await self.watcher.start()         # the baseline exists before the first miner connects
+        await self.audit.flush()               # so the very first job's coinbase anchors a real head
         await self.server.start()
         self.jobs.start()
 
@@ -152,6 +177,8 @@ class PoolApp:
         if self.watcher is not None:
             await self.watcher.stop()
         await self.share_log.close()           # every acknowledged share is durable before exit
+        self.audit.record(audit_events.POOL_STOP, audit_events.pool_stop("stop"))
+        await self.audit.close()               # commits the queue and signs the tail
         await self.source.close()
         await self.db.close()
         for endpoint in self.endpoints:      # last: Prometheus and `kzpool status` see the shutdown

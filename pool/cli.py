@@ -78,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-json", action="store_true", help="JSON-lines logs (same as --set log.format=json)")
     run.set_defaults(func=cmd_run)
 
+    from compliance.audit_cli import add_subcommands as add_audit
     from compliance.cli import add_subcommands as add_registry
 
     from .db_cli import add_subcommands as add_db
     from .status_cli import add_subcommands as add_status
     add_status(sub, config_loader)
     add_registry(sub, config_loader)
+    add_audit(sub, config_loader)
     add_db(sub)
 
     check = sub.add_parser("config", help="print the effective configuration (secrets redacted)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -123,6 +124,17 @@ class ComplianceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    key_file: str = "./var/audit-ed25519.pem"   # Ed25519 private key, 0600; demo creates it, production
+                                                # refuses to start without it (`kzpool audit keygen`)
+    checkpoint_every: int = 100         # records between signed checkpoints
+    checkpoint_interval_s: float = 60.0 # longest time records stay unsigned
+    commit_interval_s: float = 0.05     # at most one audit transaction per interval (shares come first)
+    max_batch: int = 250                # records per transaction
+    max_queue: int = 250_000            # queued while the database is down; beyond: an audit_gap record
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "kv"                  # kv | json
@@ -162,6 +174,7 @@ class PoolConfig:
     coinbase: CoinbaseConfig = field(default_factory=CoinbaseConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -299,19 +312,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.validate()
 
 
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
+
+
 def redacted(cfg: PoolConfig) -> dict[str, Any]:
-    """The effective configuration for logs and the audit log, with secrets blanked."""
+    """The effective configuration for logs and the audit log, with secrets blanked: password and
+    secret fields, and passwords inside URLs (postgresql://user:***@host/db). Key and cookie *paths*
+    stay visible: where a key lives is configuration an auditor needs, not a secret."""
     def walk(obj: Any) -> Any:
         if is_dataclass(obj):
             out = {}
             for f in fields(obj):
                 value = getattr(obj, f.name)
-                secret = any(w in f.name for w in ("password", "secret", "cookie", "key"))
+                secret = "password" in f.name or "secret" in f.name
                 out[f.name] = "***" if secret and value else walk(value)
             return out
         if isinstance(obj, tuple):
             return [walk(v) for v in obj]
+        if isinstance(obj, str):
+            return _URL_PASSWORD.sub(r"\1:***@", obj)
         return obj
     return walk(cfg)
-
-

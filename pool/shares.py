@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from stratum.interfaces import Account, Peer
 from stratum.jobs import Job, ShareResult, Submission
@@ -54,6 +54,8 @@ class PoolShareSink:
         self.store = store
         self.record_factory = record_factory    # builds the store's record type from a share
         self.blocks = BlockBook()
+        # Called with each found block and its bytes once every node answered (audit log, block table).
+        self.on_block: list[Callable[[BlockEvent, bytes], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def accept(self, account: Account, peer: Peer, extranonce1: bytes, job_id: str, job: Job,
@@ -83,6 +85,11 @@ class PoolShareSink:
         for o in outcomes:
             log.info("block_submitted height=%d hash=%s node=%s result=%s error=%s", job.height,
                      result.hash_display, o.node, o.result or "accepted", o.error or "")
+        for hook in self.on_block:
+            try:
+                hook(event, block)
+            except Exception:
+                log.exception("block_hook_failed height=%d", job.height)
         if not event.accepted:
             log.warning("block_rejected height=%d hash=%s block_hex=%s", job.height, result.hash_display,
                         block.hex())

@@ -8,7 +8,7 @@ from pool.config import load_config
 from pool.simnet import SimulatedChain
 
 from stratum_client import StratumTestClient
-from test_stratum_tcp import test_config
+from pool_overrides import test_overrides as test_config
 
 
 class CountingHasher:

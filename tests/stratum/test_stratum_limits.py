@@ -15,7 +15,7 @@ from pool.config import load_config
 from pool.simnet import SimulatedChain
 
 from stratum_client import StratumTestClient
-from test_stratum_tcp import test_config as base_config
+from pool_overrides import test_overrides as base_config
 
 
 async def start_pool(**sets: str) -> PoolApp:

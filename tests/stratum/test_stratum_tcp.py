@@ -11,19 +11,10 @@ from pool.config import load_config
 from pool.simnet import SimulatedChain
 from stratum.errors import ErrorCode
 
+from pool_overrides import EASY_BLOCK_BITS, test_overrides
 from stratum_client import StratumTestClient
 
-EASY_BLOCK_BITS = 0x207FFFFF      # regtest's limit: nearly every share is a block
-
-
-def test_config(**extra: str) -> list[str]:
-    sets = {"stratum.host": '"127.0.0.1"', "stratum.port": "0", "stratum.start_difficulty": "1e-6",
-            "stratum.min_difficulty": "1e-8", "stratum.max_line_bytes": "4096"}
-    sets.update(extra)
-    return [f"{k}={v}" for k, v in sets.items()]
-
-
-test_config.__test__ = False   # a helper, not a test
+test_config = test_overrides
 
 
 @pytest.fixture
