@@ -3,6 +3,8 @@
 Append-only, one line per batch: `<crc32 hex> <json list of rows>\\n`, written with one write()
 and made durable with fdatasync() before the batch is acknowledged. A crash can leave a torn last
 line; it was never acknowledged, so `open()` cuts it off before anything is appended after it.
+A bad line with good lines after it is not a torn write but damage: `open()` refuses the file
+rather than drop the acknowledged shares behind it.
 An exclusive flock stops two pool processes from sharing one file (the kernel drops it on SIGKILL).
 The file knows nothing about shares: rows are JSON arrays the share log encodes and decodes.
 """
@@ -24,6 +26,11 @@ Row = Sequence[Any]
 
 class SpillLocked(RuntimeError):
     """Another process holds this spill file; each pool process needs its own path."""
+
+
+class SpillCorrupt(RuntimeError):
+    """A damaged line in the middle of the spill file: an operator must look before anything
+    is replayed or appended."""
 
 
 def encode_line(rows: Sequence[Row]) -> bytes:
@@ -64,8 +71,16 @@ class SpillFile:
         valid_end = sum(len(line) for _, line in self._lines(0))
         actual_end = os.fstat(fd).st_size
         if valid_end != actual_end:
+            with open(self.path, "rb") as reader:
+                reader.seek(valid_end)
+                tail = reader.read()
+            if b"\n" in tail[:-1]:  # more lines after the bad one: damage, not a torn write
+                self.close()
+                raise SpillCorrupt(f"spill file {self.path}: damaged line at byte {valid_end}, "
+                                   f"{len(tail)} bytes from there on; move the file aside and "
+                                   "recover its lines by hand")
             log.warning("event=spill_torn_tail path=%s kept_bytes=%d dropped_bytes=%d",
-                        self.path, valid_end, actual_end - valid_end)
+                        self.path, valid_end, len(tail))
             os.ftruncate(fd, valid_end)
             os.fsync(fd)
         self.size = valid_end

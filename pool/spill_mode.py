@@ -81,13 +81,20 @@ class SpillMode:
     async def _replay_loop(self) -> None:
         while self.active:
             await asyncio.sleep(self.retry_interval_s)
-            while self.active and await self._replay_step():
-                pass
+            try:
+                while self.active and await self._replay_step():
+                    pass
+            except Exception:  # keep retrying: the shares stay safe in the file meanwhile
+                log.exception("event=replay_failed path=%s offset=%d", self.spill.path, self._offset)
 
     async def _replay_step(self) -> bool:
         """Move the next lines of the file to the database; False if the database failed.
         Ends spill mode once the whole file is stored."""
         spill_rows, next_offset = self.spill.read(self._offset, self._max_replay_rows)
+        if not spill_rows and self._offset < self.spill.size:
+            log.error("event=replay_stuck path=%s offset=%d reason=unreadable_line",
+                      self.spill.path, self._offset)
+            return False
         if spill_rows:
             if not await self._rows.write([self._decode(row) for row in spill_rows]):
                 return False

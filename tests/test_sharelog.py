@@ -23,7 +23,7 @@ from pool.db import Database, SchemaOutdated, SchemaUnknown, head_revision
 from pool.models import Base, Block, BlockStatus, Share, Worker, WorkerStatsMinute
 from pool.share_export import export_shares
 from pool.sharelog import ShareLog, ShareLogClosed, ShareRecord
-from pool.spill import SpillFile, SpillLocked, encode_line
+from pool.spill import SpillCorrupt, SpillFile, SpillLocked, encode_line
 
 
 async def started_log(db: Database, tmp_path: Path, **kwargs: float) -> ShareLog:
@@ -120,6 +120,21 @@ async def test_spill_left_by_a_previous_run_is_replayed_at_start(db: Database, t
     await sharelog.close()
     keys = await stored_share_keys(db)
     assert Counter(keys) == Counter((r.share_hash, r.worker) for r in records)
+
+
+async def test_damage_inside_the_spill_file_is_refused_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "s.spill"
+    spill = SpillFile(path)
+    spill.open()
+    for i in range(3):
+        spill.append(encode_line([make_record(i).spill_row()]))
+    spill.close()
+    data = bytearray(path.read_bytes())
+    data[data.index(b"\n") + 20] ^= 0x01  # a flipped bit in the second line
+    path.write_bytes(bytes(data))
+    with pytest.raises(SpillCorrupt, match="damaged line"):
+        SpillFile(path).open()
+    assert path.read_bytes() == bytes(data)  # nothing cut
 
 
 async def test_spill_file_is_locked_per_process(tmp_path: Path) -> None:
