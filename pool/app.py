@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from compliance import audit_events
@@ -28,7 +29,7 @@ from .config import PoolConfig, redacted
 from .allowlist_auth import AllowlistAuthorizer
 from .db import Database
 from .jobs import JobFeed
-from .listeners import build_listeners, server_limits
+from .listeners import build_listeners, extranonce1_prefix, server_limits
 from .logsetup import active_anonymiser
 from .metrics import PoolMetrics
 from .metrics_http import HttpServer, start_metrics_server
@@ -36,6 +37,7 @@ from .admin import start_admin_server
 from .sharelog import ShareLog, record_from_share
 from .shares import BlockEvent, PoolShareSink
 from .template import TemplateSource
+from .template_hub import RelayedTemplateSource
 
 log = logging.getLogger("kzpool.app")
 try:
@@ -80,10 +82,20 @@ def payout_script(cfg: PoolConfig) -> bytes:
     return address_to_script(cfg.coinbase.payout_address, cfg.chain.network)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process is worker `index` of `kzpool run --workers N`; templates come from the hub."""
+    index: int
+    hub_path: str
+
+
 class PoolApp:
     def __init__(self, cfg: PoolConfig, source: TemplateSource | None = None,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None, worker: WorkerRole | None = None) -> None:
         self.cfg = cfg
+        self.worker = worker
+        if worker is not None:
+            source = RelayedTemplateSource(worker.hub_path, worker.index)
         self.source = source or build_source(cfg)
         self.db = Database(cfg.database.url)
         a = cfg.audit
@@ -92,7 +104,10 @@ class PoolApp:
         self.audit = AuditLog(self.db, self.audit_key, checkpoint_every=a.checkpoint_every,
                               checkpoint_interval_s=a.checkpoint_interval_s, max_batch=a.max_batch,
                               commit_interval_s=a.commit_interval_s, max_queue=a.max_queue)
-        self.share_log = ShareLog(self.db, Path(cfg.database.spill_path))
+        spill = Path(cfg.database.spill_path)
+        if worker is not None:      # one spill file per process: replay order is per writer
+            spill = spill.with_name(f"{spill.name}.w{worker.index}")
+        self.share_log = ShareLog(self.db, spill)
         self.registry: LicenceRegistry | None = None
         self.watcher: LicenceWatcher | None = None
         self.authorizer = authorizer or self._build_authorizer()
@@ -101,8 +116,8 @@ class PoolApp:
         s = cfg.stratum
         still_valid = getattr(self.authorizer, "is_still_valid", None)
         self.server = StratumServer(
-            build_listeners(cfg), server_limits(cfg), self.authorizer, self.hasher, self.sink,
-            Extranonce1Allocator(s.extranonce1_size),
+            build_listeners(cfg, reuse_port=worker is not None), server_limits(cfg), self.authorizer, self.hasher,
+            self.sink, Extranonce1Allocator(s.extranonce1_size, extranonce1_prefix(cfg, worker and worker.index)),
             still_authorized=(lambda account: still_valid(account.login)) if still_valid else None)
         self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
                             s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16),
@@ -140,10 +155,20 @@ class PoolApp:
         log.info("licence_invalid_sessions_closed sessions=%d", count)
 
     async def _prepare_database(self) -> None:
-        if self.cfg.mode == "demo":
+        if self.cfg.mode == "demo" and self.worker is None:
             await self.db.upgrade()            # the embedded default keeps its own schema current
         else:
             await self.db.check_schema()       # production: `kzpool db upgrade` is the operator's step
+
+    async def prepare_storage(self) -> None:
+        """The supervisor of `--workers N` runs this once before starting them: migrations (demo) or
+        the schema check, and the demo registry, so workers never race each other to do it."""
+        await self._prepare_database()
+        if self.registry is not None and self.cfg.mode == "demo":
+            await self.audit.start()
+            await seed_demo_registry(self.registry)
+            await self.audit.close()
+        await self.db.close()
 
     async def start(self) -> None:
         log.info("pool_start mode=%s source=%s hasher=%s database=%s config=%s", self.cfg.mode,
@@ -154,17 +179,31 @@ class PoolApp:
         await self.audit.start()
         self.audit.record(audit_events.POOL_START, audit_events.pool_start(
             redacted(self.cfg), version=__version__, key_id=self.audit_key.key_id))
-        if self.registry is not None and self.cfg.mode == "demo":
+        if self.registry is not None and self.cfg.mode == "demo" and self.worker is None:
             await seed_demo_registry(self.registry)
         await self.share_log.start()
         if self.watcher is not None:
             await self.watcher.start()         # the baseline exists before the first miner connects
         await self.audit.flush()               # so the very first job's coinbase anchors a real head
         await self.server.start()
+        if self.worker is not None:
+            await self._start_worker_endpoints()
         self.jobs.start()
+
+    async def _start_worker_endpoints(self) -> None:
+        """A worker's /metrics on a loopback port of its own, scraped by the supervisor; worker 0 also
+        answers `kzpool status` on the configured admin port."""
+        assert isinstance(self.source, RelayedTemplateSource)
+        metrics = await start_metrics_server(self, "127.0.0.1", 0)
+        self.endpoints.append(metrics)
+        self.source.metrics_port = metrics.port
+        if self.cfg.admin.enabled and self.worker is not None and self.worker.index == 0:
+            self.endpoints.append(await start_admin_server(self, self.cfg.admin.host, self.cfg.admin.port))
 
     async def start_endpoints(self) -> None:
         """The operator's endpoints: /metrics for Prometheus, /status for `kzpool status`."""
+        if self.worker is not None:
+            return                            # started with the server; the supervisor serves /metrics
         if self.cfg.metrics.enabled:
             self.endpoints.append(await start_metrics_server(self, self.cfg.metrics.host, self.cfg.metrics.port))
         if self.cfg.admin.enabled:

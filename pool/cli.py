@@ -43,6 +43,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if fitted != cfg.stratum.max_sessions:
         cfg = replace(cfg, stratum=replace(cfg.stratum, max_sessions=fitted))
     _install_event_loop()
+    if args.worker_index is not None:
+        from .app import WorkerRole
+        asyncio.run(PoolApp(cfg, worker=WorkerRole(args.worker_index, args.hub)).run_until_signal())
+        return 0
+    workers = args.workers or cfg.process.workers
+    if workers > 1:
+        from .workers import Supervisor, child_arguments
+        if cfg.stratum.extranonce1_size < 3:
+            print("kzpool: --workers needs stratum.extranonce1_size >= 3", file=sys.stderr)
+            return 2
+        run_args = args.raw_argv[args.raw_argv.index("run") + 1:]
+        return asyncio.run(Supervisor(cfg, child_arguments(run_args), workers).run())
     asyncio.run(PoolApp(cfg).run_until_signal())
     return 0
 
@@ -76,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(run)
     run.add_argument("--allow-root", action="store_true", help="run even as root (refused by default)")
     run.add_argument("--log-json", action="store_true", help="JSON-lines logs (same as --set log.format=json)")
+    run.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="Stratum worker processes sharing the port (default: process.workers)")
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)   # set by the supervisor
+    run.add_argument("--hub", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     from compliance.audit_cli import add_subcommands as add_audit
@@ -100,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw_argv)
+    args.raw_argv = raw_argv
     return int(args.func(args) or 0)
 
 

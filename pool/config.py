@@ -162,11 +162,15 @@ class ProcessConfig:
     # uid 0 is refused unless this (or `kzpool run --allow-root`). The embedded demo allows it so the
     # one-command demo works on a fresh machine where the shell is root; production sets false.
     allow_root: bool = True
+    workers: int = 1                    # stratum worker processes sharing the port (SO_REUSEPORT)
 
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     mode: str = "demo"                  # demo | production
+    # This machine's number among pool nodes sharing one database: the first byte of every
+    # extranonce1 it hands out, so two nodes never give miners the same coinbase space.
+    node_id: int = 0
     stratum: StratumConfig = field(default_factory=StratumConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     simnet: SimnetConfig = field(default_factory=SimnetConfig)
@@ -190,7 +194,13 @@ class PoolConfig:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key} = {value!r}: expected one of {sorted(allowed)}")
+        if not 0 <= self.node_id <= 255:
+            raise ConfigError("node_id must be 0..255")
+        if not 1 <= self.process.workers <= 64:
+            raise ConfigError("process.workers must be 1..64")
         s = self.stratum
+        if self.process.workers > 1 and s.extranonce1_size < 3:
+            raise ConfigError("stratum.extranonce1_size must be at least 3 with several workers")
         if not 0 < s.min_difficulty <= s.start_difficulty <= s.max_difficulty:
             raise ConfigError("stratum: need 0 < min_difficulty <= start_difficulty <= max_difficulty")
         if not 2 <= s.extranonce1_size <= 8 or not 2 <= s.extranonce2_size <= 16:

@@ -21,14 +21,23 @@ def session_config(cfg: PoolConfig, start: float, minimum: float) -> SessionConf
         costs=CostLimits(s.cost_soft_limit, s.cost_hard_limit, s.cost_half_life_s))
 
 
-def build_listeners(cfg: PoolConfig) -> list[Listener]:
+def build_listeners(cfg: PoolConfig, reuse_port: bool = False) -> list[Listener]:
     s = cfg.stratum
     out = [Listener(s.host, s.port, session_config(cfg, s.start_difficulty, s.min_difficulty),
-                    s.tls_cert or None, s.tls_key or None)]
+                    s.tls_cert or None, s.tls_key or None, reuse_port)]
     for p in s.extra_ports:
         out.append(Listener(p.host or s.host, p.port, session_config(cfg, p.start_difficulty, p.min_difficulty),
-                            s.tls_cert if p.tls else None, s.tls_key if p.tls else None))
+                            s.tls_cert if p.tls else None, s.tls_key if p.tls else None, reuse_port))
     return out
+
+
+def extranonce1_prefix(cfg: PoolConfig, worker_index: int | None) -> bytes:
+    """node id, then the worker's index when several processes share the port: no two processes of
+    any node on one database ever hand out the same extranonce1."""
+    prefix = bytes([cfg.node_id])
+    if worker_index is not None:
+        prefix += bytes([worker_index])
+    return prefix
 
 
 def server_limits(cfg: PoolConfig) -> ServerLimits:

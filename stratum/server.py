@@ -38,6 +38,7 @@ class Listener:
     session: SessionConfig              # start/min difficulty are per port (CPU miners vs ASICs)
     tls_cert: str | None = None         # stratum+ssl when both are set
     tls_key: str | None = None
+    reuse_port: bool = False            # SO_REUSEPORT: worker processes share the port, the kernel spreads connections
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,8 @@ class StratumServer:
                 tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 tls.load_cert_chain(lst.tls_cert, lst.tls_key)
             srv = await loop.create_server(lambda lst=lst: Connection(self, lst), lst.host, lst.port,
-                                           ssl=tls, backlog=4096, reuse_address=True)
+                                           ssl=tls, backlog=4096, reuse_address=True,
+                                           reuse_port=lst.reuse_port or None)
             self._servers.append(srv)
             log.info("stratum_listening host=%s port=%d tls=%s start_difficulty=%g min_difficulty=%g "
                      "extranonce2_size=%d version_mask=%08x max_line_bytes=%d", lst.host, self.port_of(srv),
