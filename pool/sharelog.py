@@ -70,7 +70,12 @@ def record_from_share(account: Account, peer: Peer, job_id: str, job: Job, sub: 
                        height=job.height, difficulty=difficulty, share_hash=result.hash_display,
                        is_block=result.meets_network, extranonce1=sub.extranonce1.hex(),
                        extranonce2=sub.extranonce2.hex(), ntime=sub.ntime, nonce=sub.nonce,
-                       version=sub.version, peer=f"{peer.host}:{peer.port}")
+                       version=sub.version, peer=peer_text(peer.host, peer.port))
+
+
+def peer_text(host: str, port: int) -> str:
+    """host:port, with IPv6 hosts in brackets so the port stays unambiguous."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ShareLogUnavailable(RuntimeError):

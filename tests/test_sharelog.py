@@ -298,3 +298,22 @@ def test_cli_upgrade_export_compact(empty_database_url: str, tmp_path: Path,  # 
     assert "folded 2 shares" in capsys.readouterr().out
     assert main(["shares", "compact", "--keep", "1d", *url]) == 0
     assert "folded 3 shares" in capsys.readouterr().out
+
+
+def test_record_from_an_accepted_share() -> None:
+    from pool.sharelog import peer_text, record_from_share
+    from stratum.interfaces import Account, Peer
+    from stratum.jobs import Job, ShareResult, Submission
+    job = Job(job_id="1f", prevhash=bytes(32), coinb1=b"", coinb2=b"", merkle_branch=(),
+              version=0x20000000, nbits=0x1703255B, ntime=1_730_000_000, clean_jobs=False,
+              network_target=1 << 200, height=870_000)
+    sub = Submission(extranonce1=bytes.fromhex("0badcafe"), extranonce2=bytes.fromhex("00000001"),
+                     ntime=1_730_000_005, nonce=0xDEADBEEF, version=0x20002000, share_target=1)
+    result = ShareResult(hash=bytes(range(32)), meets_share=True, meets_network=False)
+    record = record_from_share(Account("alice", "alice.rig1"), Peer("198.51.100.7", 40001), "1f",
+                               job, sub, 65536.0, result)
+    assert (record.login, record.worker, record.height, record.peer) == (
+        "alice", "alice.rig1", 870_000, "198.51.100.7:40001")
+    assert record.share_hash == bytes(range(32))[::-1].hex() and not record.is_block
+    assert (record.extranonce1, record.extranonce2, record.nonce) == ("0badcafe", "00000001", 0xDEADBEEF)
+    assert peer_text("2001:db8::7", 3333) == "[2001:db8::7]:3333"
