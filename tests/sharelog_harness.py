@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from db_fixtures import TIMEOUT_FACTOR, make_record, stored_share_keys
 from pool.db import Database
+from tcp_proxy import TcpProxy
 
 DRIVER = Path(__file__).with_name("sharelog_crash_driver.py")
 ShareKey = tuple[str, str]
@@ -128,6 +131,14 @@ async def wait_until_stored(url: str, acked: set[ShareKey], timeout_s: float) ->
         if acked <= stored or asyncio.get_running_loop().time() > deadline:
             return
         await asyncio.sleep(0.1)
+
+
+async def proxied(url: str) -> tuple[TcpProxy, str]:
+    """A started TCP proxy in front of the PostgreSQL server of `url`, and the URL through it."""
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    await proxy.start()
+    return proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> Path:

@@ -5,15 +5,16 @@ import asyncio
 import csv
 import io
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from db_fixtures import (database_url, db, empty_database_url, make_record,  # noqa: F401
                          stored_share_keys)
@@ -85,8 +86,9 @@ INVALID_FIELDS = [
 async def test_invalid_record_is_refused_before_it_is_queued(db: Database, tmp_path: Path) -> None:
     sharelog = await started_log(db, tmp_path)
     for field, value in INVALID_FIELDS:
+        changes: dict[str, Any] = {field: value}
         with pytest.raises(ValueError):
-            await sharelog.append(replace(make_record(1), **{field: value}))
+            await sharelog.append(replace(make_record(1), **changes))
     assert sharelog.queue_depth == 0
     await sharelog.append(make_record(1))
     await sharelog.close()
@@ -219,7 +221,7 @@ async def test_compaction_folds_old_shares_into_minutes(db: Database, tmp_path: 
                                     .join(Worker, Worker.id == WorkerStatsMinute.worker_id))).all()
     assert left == 3
     expected: Counter[tuple[str, int]] = Counter()
-    difficulty: Counter[tuple[str, int]] = Counter()
+    difficulty: defaultdict[tuple[str, int], float] = defaultdict(float)
     for r in records[:9] + [late]:
         key = (r.worker, int(r.time) // 60 * 60)
         expected[key] += 1
@@ -233,7 +235,7 @@ async def test_compaction_spares_shares_of_unsettled_blocks(db: Database) -> Non
     now = datetime(2025, 3, 10, tzinfo=UTC)
     found = now - timedelta(days=2)
     async with db.engine.begin() as conn:
-        await conn.execute(Block.__table__.insert(), [
+        await conn.execute(insert(Block), [
             {"height": 1, "hash": "aa" * 32, "status": BlockStatus.ACCEPTED, "reward_sats": 312_500_000,
              "network_difficulty": 1e14, "found_at": found},
             {"height": 0, "hash": "bb" * 32, "status": BlockStatus.CONFIRMED, "reward_sats": 1,

@@ -21,7 +21,7 @@ import pytest
 from db_fixtures import (TIMEOUT_FACTOR, database_url, postgres_database_url,  # noqa: F401
                          sqlite_database_url)
 from sharelog_harness import (DriverProcess, SubmittingClient, assert_stored_exactly_once,
-                              can_make_immutable, sqlite_unwritable, sqlite_write_locked,
+                              can_make_immutable, proxied, sqlite_unwritable, sqlite_write_locked,
                               wait_until_stored)
 from tcp_proxy import TcpProxy
 
@@ -65,10 +65,7 @@ async def test_sigkill_while_spilling(database_url: str, tmp_path: Path) -> None
     proxy: TcpProxy | None = None
     url = database_url
     if database_url.startswith("postgresql"):
-        proxy = TcpProxy("127.0.0.1", 5432)
-        await proxy.start()
-        url = database_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
-        assert url != database_url
+        proxy, url = await proxied(database_url)
     driver = DriverProcess(url, tmp_path / "shares.spill", tmp_path / "driver.log",
                            commit_timeout_s=0.5)
     await driver.start()
@@ -142,10 +139,7 @@ async def test_sqlite_outage(sqlite_database_url: str, tmp_path: Path, how: str)
 async def test_postgresql_refuses_connections(postgres_database_url: str,  # noqa: F811
                                               tmp_path: Path) -> None:
     database_url = postgres_database_url
-    proxy = TcpProxy("127.0.0.1", 5432)
-    await proxy.start()
-    driver_url = database_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
-    assert driver_url != database_url
+    proxy, driver_url = await proxied(database_url)
 
     @contextlib.asynccontextmanager
     async def outage() -> AsyncIterator[None]:
