@@ -31,6 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .process_limits import RunningAsRoot, check_not_root, raise_open_file_limit, sessions_that_fit
+    from compliance.audit_keys import AuditKeyError
+
+    from .db import SchemaError
     cfg = config_loader(args)
     setup_logging(cfg.log.level, "json" if args.log_json else cfg.log.format, anonymise=cfg.log.anonymise,
                   repeat_interval_s=cfg.log.repeat_interval_s, identities=cfg.auth.logins)
@@ -55,7 +58,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         run_args = args.raw_argv[args.raw_argv.index("run") + 1:]
         return asyncio.run(Supervisor(cfg, child_arguments(run_args), workers).run())
-    asyncio.run(PoolApp(cfg).run_until_signal())
+    try:
+        asyncio.run(PoolApp(cfg).run_until_signal())
+    except SchemaError as exc:
+        print(f"kzpool: {exc}", file=sys.stderr)
+        return 2
+    except AuditKeyError as exc:
+        print(f"kzpool: audit key: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
