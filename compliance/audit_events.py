@@ -27,7 +27,8 @@ LICENCE_CHANGE = "licence_change"          # licence imported, added, suspended,
 DATACENTRE_CHANGE = "datacentre_change"    # data centre or its IP ranges imported or changed
 BLOCK_FOUND = "block_found"
 BLOCK_STATUS = "block_status"              # a found block confirmed (matured) or orphaned
-PAYOUT = "payout"
+PAYOUT = "payout"                          # payout run prepared / sent / cancelled / blocked, freezes
+LEDGER = "ledger"                          # one ledger posting (payouts/ledger.py), after its commit
 LOCATION_CHECK = "location_check"
 CURTAILMENT = "curtailment"
 ADMIN_COMMAND = "admin_command"
@@ -86,6 +87,20 @@ def script_sig_of_block(block: bytes) -> bytes:
 
 def block_status(height: int, block_hash: str, status: str, **details: Any) -> dict[str, Any]:
     return {"height": height, "hash": block_hash, "status": status, **details}
+
+
+def ledger_posting(ref: str, kind: str, entries: Iterable[tuple[str, int, int]],
+                   memo: Mapping[str, Any]) -> dict[str, Any]:
+    """A committed ledger posting: its idempotency ref, kind, every entry as [account, amount_sats,
+    commission_sats] (accounts name miners by login) and the facts it rested on."""
+    return {"ref": ref, "kind": kind, "entries": [list(e) for e in entries], "memo": dict(memo)}
+
+
+def payout(action: str, run_id: str, **details: Any) -> dict[str, Any]:
+    """A payout decision: `action` is run_blocked, run_prepared, run_sent, run_cancelled,
+    run_failed, psbt_written, frozen or unfrozen; `run_id` the payout run (or "-" for a run that
+    never got one); details name miners by login and licence number, amounts in satoshis."""
+    return change(action, run_id, **details)
 
 
 def admin_command(command: str, arguments: Mapping[str, Any], operator: str) -> dict[str, Any]:
