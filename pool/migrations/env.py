@@ -6,6 +6,7 @@ from alembic import context
 
 import compliance.audit_models  # noqa: F401  (registers the audit table on Base.metadata)
 import compliance.models  # noqa: F401  (registers the registry tables on Base.metadata)
+import compliance.power_models  # noqa: F401  (location, schedule, curtailment and energy tables)
 import payouts.models  # noqa: F401  (registers the payout and ledger tables on Base.metadata)
 from pool.models import Base
 
