@@ -32,13 +32,14 @@ from hashlib import sha256
 from typing import AsyncIterator, Awaitable, Sequence
 
 from .node_health import Backoff, NodeHealth
-from .node_rpc import NodeError, RpcClient, RpcTimeout
+from .node_rpc import NodeError, NodeUnreachable, RpcClient, RpcError, RpcTimeout
 from .template import BlockTemplate, SubmitOutcome, TemplateError
 from .zmq_listener import watch_hashblock, zmq_available
 
 log = logging.getLogger("kzpool.bitcoind")
 
-PARSE_IN_THREAD_TXS = 200      # from_rpc over thousands of transactions takes tens of ms: not on the loop
+PARSE_IN_THREAD_TXS = 200
+RPC_BLOCK_NOT_FOUND = -5       # Core's RPC_INVALID_ADDRESS_OR_KEY: "Block not found"      # from_rpc over thousands of transactions takes tens of ms: not on the loop
 
 
 @dataclass
@@ -137,6 +138,28 @@ class BitcoindSource:
             if isinstance(confs, int):
                 return "active" if confs >= 0 else "orphan"
         return "unknown"
+
+    async def confirmations(self, block_hash_display: str) -> int | None:
+        """getblockheader's `confirmations` from the node with the best tip that answers: >= 1 in
+        the best chain, -1 off it, None when that node says the block does not exist (-5). Raises
+        NodeUnreachable when no node answers: "unknown" must never read as "orphaned"."""
+        async def ask(node: _Node) -> int | None | NodeError:
+            try:
+                header = await node.rpc.call("getblockheader", block_hash_display, True)
+            except RpcError as exc:
+                return None if exc.code == RPC_BLOCK_NOT_FOUND else exc
+            except NodeError as exc:
+                return exc
+            confs = header.get("confirmations") if isinstance(header, dict) else None
+            return confs if isinstance(confs, int) and not isinstance(confs, bool) else NodeUnreachable(
+                f"{node.health.name}: getblockheader without an integer confirmations field")
+
+        answers = await asyncio.gather(*(ask(n) for n in self._nodes))
+        for node, answer in sorted(zip(self._nodes, answers), key=lambda p: -p[0].health.height):
+            if not isinstance(answer, NodeError):
+                return answer
+        raise NodeUnreachable(f"no node answered getblockheader {block_hash_display}: "
+                              + "; ".join(str(a) for a in answers))
 
     async def close(self) -> None:
         self._closed = True

@@ -74,6 +74,8 @@ class SimulatedChain:
         self.tip_hash = dsha256(genesis)
         self.tip_height = start_height - 1
         self.accepted: list[bytes] = []            # hashes of accepted blocks, oldest first
+        self.orphaned: set[bytes] = set()          # blocks a test's reorg took out of the chain
+        self._below_start = self.tip_hash
         self._known_blocks = {self.tip_hash}
         self._recent_times = [genesis_time]
         self._fees: dict[bytes, int] = {}          # txid -> fee, for every tx handed out on this tip
@@ -171,6 +173,39 @@ class SimulatedChain:
         self._recent_times = (self._recent_times + [block_time])[-MEDIAN_TIME_SPAN:]
         self._fees.clear()                         # a new tip: the next template brings its own mempool
         self._publish()
+
+    async def confirmations(self, block_hash_display: str) -> int | None:
+        """As Core's getblockheader: 1 for the tip, -1 for a block off the best chain, None for a
+        block this chain never accepted (the payout tracker's `confirmations` callable)."""
+        block_hash = bytes.fromhex(block_hash_display)[::-1]
+        if block_hash in self.orphaned:
+            return -1
+        try:
+            return len(self.accepted) - self.accepted.index(block_hash)
+        except ValueError:
+            return None
+
+    def mine_foreign(self, count: int = 1) -> list[bytes]:
+        """Blocks found by someone else on the current tip (no proof of work: nothing here checks
+        a block it did not receive): the chain moves on and the pool gets a clean job."""
+        for _ in range(count):
+            block_time = max(int(self._clock()), self.median_time_past + 1)
+            self._accept(dsha256(b"foreign" + self.tip_hash + self._sequence.to_bytes(8, "little")), block_time)
+        return self.accepted[-count:]
+
+    def reorg(self, depth: int) -> list[bytes]:
+        """The last `depth` blocks leave the best chain (a competing branch won); returns them.
+        The tip goes back `depth` blocks and the next template builds on it."""
+        if not 0 < depth <= len(self.accepted):
+            raise ValueError("reorg depth must be 1..number of accepted blocks")
+        gone, self.accepted = self.accepted[-depth:], self.accepted[:-depth]
+        self.orphaned.update(gone)
+        self.tip_height -= depth
+        self.tip_hash = self.accepted[-1] if self.accepted else self._below_start
+        self._recent_times = self._recent_times[:max(1, len(self._recent_times) - depth)]
+        self._fees.clear()
+        self._publish()
+        return gone
 
     async def close(self) -> None:
         self._closed = True
