@@ -31,6 +31,7 @@ PAYOUT = "payout"                          # payout run prepared / sent / cancel
 LEDGER = "ledger"                          # one ledger posting (payouts/ledger.py), after its commit
 LOCATION_CHECK = "location_check"
 CURTAILMENT = "curtailment"
+ACCREDITATION = "accreditation"              # the pool's accreditation changed state (valid, expiring, expired)
 ADMIN_COMMAND = "admin_command"
 MAX_WORKER_NAME = 256
 
@@ -113,6 +114,20 @@ def change(action: str, subject: str, **details: Any) -> dict[str, Any]:
     happened (`action`), to what (`subject`: a licence number, a data centre id, a payout id),
     and the facts the decision rested on."""
     return {"action": action, "subject": subject, **details}
+
+
+def location_check(node_id: str, datacentre_id: str, verdict: str, mode: str,
+                   evidence: list[Mapping[str, str]]) -> dict[str, Any]:
+    """One location attestation of a pool node (compliance/attestation.py): the verdict and each
+    piece of evidence (kind, subject, result, found, detail); addresses are the pool's own."""
+    return change(verdict, node_id, datacentre=datacentre_id, mode=mode, evidence=list(evidence))
+
+
+def curtailment(action: str, cause: str, scope: str, target: str, *, node_id: str, reason: str,
+                **details: Any) -> dict[str, Any]:
+    """A start ("block") or end ("release") of a stop on grid power for a scope (a data centre, a
+    login, or "default"): `cause` is order | schedule | quota (compliance/curtailment.py)."""
+    return change(action, f"{scope}:{target}", cause=cause, node=node_id, reason=reason, **details)
 
 
 class AuditedAuthorizer:

@@ -1,0 +1,96 @@
+"""`kzpool energy ...`: the monthly energy report and the day-ahead schedule import.
+
+    kzpool energy report --month YYYY-MM [--format csv|json] [--output FILE]
+    kzpool energy import-schedule FILE [--dry-run]
+
+The report is computed from the database (shares and compacted minutes) with the `[electricity]`
+plan and the `[energy] fee_rates` table of the config; see compliance/energy_report.py. The import
+takes the day-ahead CSV of compliance/schedule.py, all or nothing.
+Exit codes: 0 done, 1 refused (bad rows, schema), 2 configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pool.config import PoolConfig, load_config
+from pool.db import Database
+
+from .curtail_cli import config_options, run_with_database
+from .energy import fee_rates_from_settings, parse_month
+from .energy_report import build_report, to_csv, to_json
+from .power_plan import plan_from_settings, setting
+from .schedule import DAY_AHEAD_COLUMNS, import_day_ahead
+
+ConfigLoader = Callable[[argparse.Namespace], PoolConfig]
+
+
+def _month(value: str) -> tuple[int, int]:
+    try:
+        return parse_month(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    async def work(db: Database, cfg: PoolConfig) -> int:
+        plan = plan_from_settings(getattr(cfg, "electricity", None))
+        rates = fee_rates_from_settings(setting(getattr(cfg, "energy", None), "fee_rates", None))
+        report = await build_report(db, plan, rates, *args.month)
+        text = to_json(report) if args.format == "json" else to_csv(report)
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+            print(f"energy report {report.month}: {len(report.miners)} miner(s) written to {args.output}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    return run_with_database(args, work)
+
+
+def cmd_import_schedule(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        print(f"kzpool: {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    async def work(db: Database, cfg: PoolConfig) -> int:
+        report = await import_day_ahead(db, text, dry_run=args.dry_run)
+        for problem in report.problems:
+            print(problem)
+        if report.problems:
+            print(f"day-ahead schedule: {len(report.problems)} problem(s); nothing imported", file=sys.stderr)
+            return 1
+        verb = "would replace (dry run, nothing written)" if args.dry_run else "replaced"
+        print(f"day-ahead schedule: {report.rows} row(s) read, {verb} {report.groups} day schedule(s)")
+        return 0
+    return run_with_database(args, work)
+
+
+def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
+    """Add `energy` (`report`, `import-schedule`) to the parent parser's subparsers."""
+    energy = subparsers.add_parser("energy", help="estimated energy, quotas, schedules and the mining fee")
+    sub = energy.add_subparsers(dest="energy_command", required=True)
+    report = sub.add_parser("report", help="per-miner kWh, quota, hours outside schedule, fee estimate for a month")
+    config_options(report, config_loader, cmd_report)
+    report.add_argument("--month", required=True, type=_month, help="YYYY-MM, a Kazakhstan calendar month")
+    report.add_argument("--format", choices=["csv", "json"], default="csv")
+    report.add_argument("--output", help="write to this file instead of standard output")
+    imp = sub.add_parser("import-schedule", help="import a day-ahead electricity schedule (CSV, all or nothing)")
+    config_options(imp, config_loader, cmd_import_schedule)
+    imp.add_argument("file", help="CSV: " + ",".join(DAY_AHEAD_COLUMNS) + " (date and hour in Kazakhstan time)")
+    imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m compliance.energy_cli")
+    add_subcommands(parser.add_subparsers(dest="command", required=True),
+                    lambda args: load_config(args.config, args.set))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""When grid power is allotted: standing hours from the config and day-ahead schedules.
+
+Miners buy grid power only within the volumes the system operator (KEGOC) allots on the day-ahead
+market (09:30-10:00 Astana time, the day before). An operator imports each day's allotment as CSV
+(`kzpool energy import-schedule FILE`), one row per hour:
+
+    date,datacentre,login,hour,allowed_kw
+    2026-12-01,dc-almaty-1,,0,1500
+
+`date` and `hour` (0..23) are Kazakhstan time (UTC+5); exactly one of datacentre / login is set;
+allowed_kw 0 means not allotted. An import replaces every (date, data centre or login) it names,
+and hours it does not list for one of them are not allotted. It is all or nothing: a file with one
+bad row changes nothing.
+
+For a login at an instant the first that exists decides: the login's day-ahead hours for that
+date, its data centre's day-ahead hours, then the standing hours (login, data centre, default;
+compliance/power_plan.py). Kazakhstan's hours start on UTC hour boundaries (UTC+5, no DST), so
+"the hour" of an instant is the same hour either way; only the date and the hour number differ.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pool.db import Database
+
+from .csv_import import NAME_PATTERN, RowProblem
+from .power_models import DayAheadHour
+from .power_plan import ElectricityPlan, HourSet
+from .standing import KZ_TIME
+
+DAY_AHEAD_COLUMNS = ("date", "datacentre", "login", "hour", "allowed_kw")
+ScopeKey = tuple[str, str]           # ("datacentre", id) | ("login", login)
+
+
+@dataclass(frozen=True, slots=True)
+class DayAheadRow:
+    day: date
+    scope: str
+    target: str
+    hour: int
+    allowed_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class DayAheadReport:
+    rows: int
+    groups: int                      # (date, scope) pairs replaced
+    problems: list[RowProblem]
+    applied: bool
+
+
+def kz_hour(moment: datetime) -> tuple[date, int]:
+    """The Kazakhstan date and hour (0..23) of an aware instant."""
+    local = moment.astimezone(KZ_TIME)
+    return local.date(), local.hour
+
+
+def parse_day_ahead(text: str) -> tuple[list[DayAheadRow], list[RowProblem]]:
+    problems: list[RowProblem] = []
+    rows: list[DayAheadRow] = []
+    seen: set[tuple[date, str, str, int]] = set()
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+    header = tuple(h.strip() for h in next(reader, []))
+    if header != DAY_AHEAD_COLUMNS:
+        return [], [RowProblem(1, "header", f"expected {','.join(DAY_AHEAD_COLUMNS)}")]
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        n = reader.line_num
+        if len(cells) != len(DAY_AHEAD_COLUMNS):
+            problems.append(RowProblem(n, "row", f"has {len(cells)} fields, expected {len(DAY_AHEAD_COLUMNS)}"))
+            continue
+        rec = dict(zip(DAY_AHEAD_COLUMNS, (c.strip() for c in cells)))
+        before = len(problems)
+        try:
+            day = date.fromisoformat(rec["date"])
+        except ValueError:
+            problems.append(RowProblem(n, "date", "expected YYYY-MM-DD"))
+        if bool(rec["datacentre"]) == bool(rec["login"]):
+            problems.append(RowProblem(n, "datacentre", "set exactly one of datacentre and login"))
+        scope = "datacentre" if rec["datacentre"] else "login"
+        target = rec["datacentre"] or rec["login"]
+        if target and not NAME_PATTERN.fullmatch(target):
+            problems.append(RowProblem(n, scope, "must be 1-64 letters, digits, '_' or '-'"))
+        hour = int(rec["hour"]) if rec["hour"].isdigit() else -1
+        if not 0 <= hour <= 23:
+            problems.append(RowProblem(n, "hour", "must be 0..23 (Kazakhstan time)"))
+        try:
+            allowed_kw = float(rec["allowed_kw"])
+            if not allowed_kw >= 0 or allowed_kw == float("inf"):
+                raise ValueError
+        except ValueError:
+            problems.append(RowProblem(n, "allowed_kw", "must be a number >= 0"))
+        if len(problems) > before:
+            continue
+        key = (day, scope, target, hour)
+        if key in seen:
+            problems.append(RowProblem(n, "hour", f"{target} hour {hour} of {day} listed twice"))
+            continue
+        seen.add(key)
+        rows.append(DayAheadRow(day, scope, target, hour, allowed_kw))
+    if not rows and not problems:
+        problems.append(RowProblem(2, "row", "no rows"))
+    return rows, problems
+
+
+async def import_day_ahead(db: Database, text: str, *, dry_run: bool = False) -> DayAheadReport:
+    rows, problems = parse_day_ahead(text)
+    groups: dict[tuple[date, str, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        groups[(r.day, r.scope, r.target)][r.hour] = r.allowed_kw
+    if problems or dry_run:
+        return DayAheadReport(len(rows), len(groups), problems, applied=False)
+    async with db.engine.begin() as conn:
+        await db.begin_write(conn)
+        seq = ((await conn.execute(select(func.max(DayAheadHour.import_seq)))).scalar() or 0) + 1
+        for (day, scope, target), hours in groups.items():
+            await conn.execute(delete(DayAheadHour).where(DayAheadHour.day == day, DayAheadHour.scope == scope,
+                                                          DayAheadHour.target == target))
+            # All 24 hours are stored, unlisted ones at 0 kW, so a lookup never has to guess.
+            await conn.execute(insert(DayAheadHour), [
+                {"day": day, "scope": scope, "target": target, "hour": h, "allowed_kw": hours.get(h, 0.0),
+                 "import_seq": seq} for h in range(24)])
+    return DayAheadReport(len(rows), len(groups), [], applied=True)
+
+
+async def day_ahead_seq(conn: AsyncConnection) -> int:
+    return (await conn.execute(select(func.max(DayAheadHour.import_seq)))).scalar() or 0
+
+
+async def load_day_ahead(conn: AsyncConnection, first: date, last: date) -> dict[date, dict[ScopeKey, HourSet]]:
+    """Allotted hours (allowed_kw > 0) per date and scope, for first..last inclusive."""
+    masks: dict[date, dict[ScopeKey, int]] = defaultdict(lambda: defaultdict(int))
+    rows = await conn.execute(select(DayAheadHour.day, DayAheadHour.scope, DayAheadHour.target, DayAheadHour.hour,
+                                     DayAheadHour.allowed_kw).where(DayAheadHour.day >= first, DayAheadHour.day <= last))
+    for day, scope, target, hour, kw in rows:
+        masks[day][(scope, target)] |= (1 << hour) if kw > 0 else 0
+    return {day: {key: HourSet(mask) for key, mask in by_scope.items()} for day, by_scope in masks.items()}
+
+
+class ScheduleBook:
+    """Answers "is grid power allotted to this login now?" from memory; `refresh` reloads the
+    day-ahead hours around today when an import happened (one indexed MAX per call otherwise)."""
+
+    def __init__(self, plan: ElectricityPlan) -> None:
+        self.plan = plan
+        self._days: dict[date, dict[ScopeKey, HourSet]] = {}
+        self._seq = -1
+        self._loaded: tuple[date, date] | None = None
+        self.version = 0                 # bumped whenever the day-ahead hours in memory change
+
+    def set_day_ahead(self, days: dict[date, dict[ScopeKey, HourSet]]) -> None:
+        self._days = days
+        self.version += 1
+
+    def day_ahead(self, day: date) -> dict[ScopeKey, HourSet]:
+        return self._days.get(day, {})
+
+    async def refresh(self, conn: AsyncConnection, today: date) -> bool:
+        """Reload yesterday..tomorrow when the import sequence moved or the date did; True if reloaded."""
+        seq = await day_ahead_seq(conn)
+        span = (today - timedelta(days=1), today + timedelta(days=1))
+        if seq == self._seq and span == self._loaded:
+            return False
+        self.set_day_ahead(await load_day_ahead(conn, *span))
+        self._seq, self._loaded = seq, span
+        return True
+
+    def hours(self, login: str, datacentre: str | None, day: date) -> tuple[HourSet, str]:
+        """The hours in force on a KZ date and whose they are (`day-ahead login:x`, `datacentre:y`...)."""
+        today = self._days.get(day, {})
+        for key in (("login", login), ("datacentre", datacentre or "")):
+            if key in today:
+                return today[key], f"day-ahead {key[0]}:{key[1]}"
+        return self.plan.standing_hours(login, datacentre)
+
+    def scope_hours(self, scope: str, target: str, day: date) -> tuple[HourSet | None, str]:
+        """One scope's own hours on a KZ date (None: it has none and inherits), and their source;
+        scope is "default", "datacentre" or "login"."""
+        day_ahead = self.day_ahead(day).get((scope, target))
+        if day_ahead is not None:
+            return day_ahead, f"day-ahead {day_ahead.describe()}"
+        plan = self.plan
+        if scope == "default":
+            return plan.default_hours, plan.default_hours.describe()
+        profile = plan.datacentres.get(target) if scope == "datacentre" else plan.miners.get(target)
+        hours = profile.hours if profile is not None else None
+        return hours, hours.describe() if hours is not None else ""
+
+    def allowed_at(self, login: str, datacentre: str | None, moment: datetime) -> tuple[bool, str]:
+        day, hour = kz_hour(moment)
+        hours, source = self.hours(login, datacentre, day)
+        return hours.allows(hour), source
+
+    def next_allowed(self, login: str, datacentre: str | None, moment: datetime) -> datetime | None:
+        """The start of the next allotted hour within two days, or None if none is known."""
+        start = moment.astimezone(KZ_TIME).replace(minute=0, second=0, microsecond=0)
+        for step in range(1, 49):
+            candidate = start + timedelta(hours=step)
+            if self.allowed_at(login, datacentre, candidate)[0]:
+                return candidate
+        return None
