@@ -129,7 +129,7 @@ class BlockTracker:
         """One pass over unsettled blocks; returns {hash: status} of the blocks it changed."""
         async with self.db.engine.connect() as conn:
             blocks = (await conn.execute(select(Block).where(Block.status.in_(UNSETTLED))
-                                         .order_by(Block.height, Block.id))).scalars().all()
+                                         .order_by(Block.height, Block.id))).all()
         changed: dict[str, str] = {}
         for block in blocks:
             try:
@@ -149,7 +149,7 @@ class BlockTracker:
                     changed[block.hash] = BlockStatus.ACCEPTED.value
         return changed
 
-    async def _set_status(self, block: Block, status: BlockStatus, conn: Any = None) -> None:
+    async def _set_status(self, block: Any, status: BlockStatus, conn: Any = None) -> None:
         statement = update(Block).where(Block.id == block.id).values(status=status)
         if conn is not None:
             await conn.execute(statement)
@@ -157,13 +157,13 @@ class BlockTracker:
         async with self.db.engine.begin() as own:
             await own.execute(statement)
 
-    def _record_status(self, block: Block, status: str, **details: Any) -> None:
+    def _record_status(self, block: Any, status: str, **details: Any) -> None:
         log.info("event=block_%s height=%d hash=%s", status, block.height, block.hash)
         if self.audit is not None:
             self.audit(audit_events.BLOCK_STATUS, audit_events.block_status(block.height, block.hash, status,
                                                                            **details))
 
-    async def _credit(self, block: Block) -> bool:
+    async def _credit(self, block: Any) -> bool:
         """Post the block's immature credits once; False while its share may still be on its way."""
         ref = f"block:{block.hash}:found"
         async with self.db.engine.connect() as conn:
@@ -192,7 +192,7 @@ class BlockTracker:
                                               .values(finder_worker_id=end.worker_id))
         return True
 
-    async def _distribution(self, conn: Any, block: Block, end: ShareKey
+    async def _distribution(self, conn: Any, block: Any, end: ShareKey
                             ) -> tuple[schemes.Distribution | None, Window | None, dict[str, Any]]:
         reward, fee_bps = block.reward_sats, self.fee_bps
         if self.scheme in ("pps", "fpps"):
@@ -221,7 +221,7 @@ class BlockTracker:
                           + [(miner_account(login, IMMATURE), sats, dist.commissions.get(login, 0))
                              for login, sats in sorted(dist.credits.items())])
 
-    async def _mature(self, block: Block, confs: int) -> None:
+    async def _mature(self, block: Any, confs: int) -> None:
         found = await self.ledger.lines(f"block:{block.hash}:found")
         moves: list[Line] = []
         for line in found:
@@ -238,7 +238,7 @@ class BlockTracker:
             await self._set_status(block, BlockStatus.CONFIRMED, writer.conn)
         self._record_status(block, BlockStatus.CONFIRMED.value, confirmations=confs, reward_sats=block.reward_sats)
 
-    async def _orphan(self, block: Block, confs: int | None) -> None:
+    async def _orphan(self, block: Any, confs: int | None) -> None:
         found_ref = f"block:{block.hash}:found"
         async with self.ledger.write() as writer:
             found = await writer.lines(found_ref)
