@@ -125,7 +125,7 @@ class LocationAttestor:
         self.shares_accepted = shares_accepted
         self.activity_interval_s = activity_interval_s
         self.latest: Verdict | None = None
-        self._shares_seen = shares_accepted() if shares_accepted else 0
+        self._shares_seen = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- what the pool asks ---------------------------------------------------------------------
@@ -140,6 +140,8 @@ class LocationAttestor:
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """One check now (before the listener accepts miners), then checks and share counts in the background."""
+        if self.shares_accepted is not None:
+            self._shares_seen = self.shares_accepted()     # shares before this node attested are not its to count
         await self.check_once()
         self._tasks = [asyncio.create_task(self._every(self.check_interval_s, self.check_once), name="location-check")]
         if self.shares_accepted is not None:
