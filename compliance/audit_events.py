@@ -29,6 +29,7 @@ BLOCK_FOUND = "block_found"
 BLOCK_STATUS = "block_status"              # a found block confirmed (matured) or orphaned
 PAYOUT = "payout"                          # payout run prepared / sent / cancelled / blocked, freezes
 LEDGER = "ledger"                          # one ledger posting (payouts/ledger.py), after its commit
+REPORT_SUBMISSION = "report_submission"    # a distribution report filed to the revenue bodies' endpoint
 LOCATION_CHECK = "location_check"
 CURTAILMENT = "curtailment"
 ACCREDITATION = "accreditation"              # the pool's accreditation changed state (valid, expiring, expired)
