@@ -60,7 +60,8 @@ class ReconcileMismatch(RuntimeError):
 
 @dataclass
 class RunResult:
-    status: str            # blocked | in_doubt | mismatch | nothing | dry_run | sent | psbt | failed
+    status: str            # blocked | in_doubt | mismatch | wallet_unreachable | nothing | dry_run | sent
+                           # | psbt | failed
     run_id: str | None = None
     txid: str | None = None
     reason: str = ""
@@ -110,9 +111,14 @@ class PayoutRunner:
         base: dict[str, Any] = dict(items=planned, frozen=frozen, released={k: b.amount for k, b in released.items()})
         if dry_run:
             return RunResult("dry_run", **base)
+        if not planned:
+            return RunResult("nothing", **base)
+        try:
+            await self.wallet.balance_sats()
+        except (NodeError, WalletReplyError) as exc:
+            return RunResult("wallet_unreachable", reason=f"wallet {self.wallet.name}: {exc}", **base)
         run_id = uuid.uuid4().hex
-        run = await self.store.prepare(run_id, f"kzpool-payout-{run_id}", self.settings.method, planned) \
-            if planned else None
+        run = await self.store.prepare(run_id, f"kzpool-payout-{run_id}", self.settings.method, planned)
         if run is None:
             return RunResult("nothing", **base)
         self._audit("run_prepared", run.id, label=run.label, method=run.method, total_sats=run.total_sats,

@@ -104,6 +104,11 @@ class WalletRpc:
     def name(self) -> str:
         return self.rpc.name
 
+    async def balance_sats(self) -> int:
+        """The wallet's spendable balance: also the check that the wallet answers at all before a
+        run is committed (a run that cannot even reach its wallet is not left in doubt)."""
+        return sats_from_btc(await self.rpc.call("getbalance"))
+
     async def sendmany(self, outputs: Mapping[str, int], comment: str, conf_target: int) -> str:
         """One transaction paying every output; `comment` is stored in the wallet with it (the run's
         label, found again by `find_by_comment`). Returns the txid."""
