@@ -7,6 +7,11 @@ through their shortest repr, which gives back those digits exactly for any amoun
 Errors keep node_rpc's split: `RpcError` means the wallet answered and refused (nothing was sent),
 `NodeUnreachable` (timeouts included) means we do not know what happened: a payout run that gets
 one stays "prepared" and the next run finds out through `find_by_comment`.
+
+Calls that spend (sendmany, walletcreatefundedpsbt, which locks coins) go over a connection of
+their own, never a reused keep-alive one: RpcClient retries a request once when a reused
+connection closes before answering, which is right for reads but would send a payment twice if
+the wallet had executed it and then dropped the connection.
 """
 from __future__ import annotations
 
@@ -97,8 +102,18 @@ def psbt_txid(psbt_b64: str) -> str:
 class WalletRpc:
     def __init__(self, url: str, *, user: str | None = None, password: str | None = None,
                  cookie_file: str | Path | None = None, timeout_s: float = 60.0) -> None:
-        self.rpc = RpcClient(url, user=user or None, password=password or None,
-                             cookie_file=cookie_file or None, timeout_s=timeout_s)
+        self._client_args: dict[str, Any] = dict(user=user or None, password=password or None,
+                                                 cookie_file=cookie_file or None, timeout_s=timeout_s)
+        self._url = url
+        self.rpc = RpcClient(url, **self._client_args)
+
+    async def _spend(self, method: str, *params: Any) -> Any:
+        """A spending call on a fresh connection: sent at most once, whatever happens to it."""
+        client = RpcClient(self._url, **self._client_args)
+        try:
+            return await client.call(method, *params)
+        finally:
+            await client.close()
 
     @property
     def name(self) -> str:
@@ -113,7 +128,7 @@ class WalletRpc:
         """One transaction paying every output; `comment` is stored in the wallet with it (the run's
         label, found again by `find_by_comment`). Returns the txid."""
         amounts = {address: btc_string(sats) for address, sats in outputs.items()}
-        txid = await self.rpc.call("sendmany", "", amounts, 1, comment, [], True, conf_target, "economical")
+        txid = await self._spend("sendmany", "", amounts, 1, comment, [], True, conf_target, "economical")
         if not isinstance(txid, str) or len(txid) != 64:
             raise WalletReplyError(f"sendmany returned {txid!r}, not a txid")
         return txid
@@ -151,7 +166,7 @@ class WalletRpc:
 
     async def create_funded_psbt(self, outputs: Mapping[str, int], conf_target: int) -> FundedPsbt:
         """An unsigned, funded PSBT (inputs chosen and locked by the wallet) for cold signing."""
-        raw = await self.rpc.call("walletcreatefundedpsbt", [],
+        raw = await self._spend("walletcreatefundedpsbt", [],
                                   [{address: btc_string(sats)} for address, sats in outputs.items()], 0,
                                   {"conf_target": conf_target, "lockUnspents": True, "replaceable": True})
         if not isinstance(raw, dict) or not isinstance(raw.get("psbt"), str):

@@ -93,7 +93,10 @@ async def test_sendmany_executed_but_reply_lost(make_runner, ledger, wallet, aud
     await credit(ledger, "bolat", 450_000)
     wallet.drop_reply["sendmany"] = True          # the wallet sends; the connection dies before the reply
     result = await make_runner().run()
+    # The run's getbalance left a keep-alive connection; a client that retried the sendmany on a
+    # fresh one after the dropped reply would have paid twice here.
     assert result.status == "in_doubt" and len(wallet.txs) == 1
+    assert [method for method, _ in wallet.calls].count("sendmany") == 1
     assert "run_in_doubt" in [p["action"] for k, p in audit_records if k == "payout"]
     again = await make_runner().run()             # found through its label: marked sent, not sent again
     assert list(again.reconciled.values()) == ["sent"]
