@@ -84,7 +84,7 @@ def _floor_hour(moment: datetime) -> datetime:
 
 class EnergyAccountant:
     def __init__(self, db: Database, plan: ElectricityPlan, *, clock: Clock = utc_now, interval_s: float = 60.0,
-                 recompute_hours: int = 3) -> None:
+                 recompute_hours: int = 3, writer: bool = True) -> None:
         if interval_s <= 0 or recompute_hours < 1:
             raise ValueError("energy.update_s must be > 0 and energy.recompute_hours >= 1")
         self.db = db
@@ -92,6 +92,9 @@ class EnergyAccountant:
         self.clock = clock
         self.interval_s = interval_s
         self.recompute_hours = recompute_hours
+        # One process per pool computes and writes energy_hours (worker 0, or the singleton holder
+        # on several machines); the others only read this month's totals for their quota state.
+        self.writer = writer
         self.quota: QuotaState | None = None
         self._first = True
         self._task: asyncio.Task[None] | None = None
@@ -149,14 +152,16 @@ class EnergyAccountant:
                                       for h in hours])
 
     async def update(self) -> QuotaState:
-        """Recompute recent hours, store them, and judge this month's quotas."""
+        """Recompute recent hours and store them (a writer), then judge this month's quotas."""
         now = self.clock()
         month = kz_month_of(now)
         month_start, _ = kz_month_bounds(*month)
-        since = month_start if self._first else max(month_start, now - timedelta(hours=self.recompute_hours))
-        hours = await self.compute(since, now)
-        await self.store(hours)
-        self._first = False
+        hours: list[HourEnergy] = []
+        if self.writer:
+            since = month_start if self._first else max(month_start, now - timedelta(hours=self.recompute_hours))
+            hours = await self.compute(since, now)
+            await self.store(hours)
+            self._first = False
         usage = await self.month_usage(*month)
         async with self.db.engine.connect() as conn:
             dcs = await datacentres_of(conn)

@@ -88,9 +88,12 @@ async def test_quota_is_judged_per_kz_month_and_released_when_the_month_turns(sq
     enforcer = CurtailmentEnforcer(db, ScheduleBook(plan), on_block=lambda *a: blocked.append(a),
                                    connected_logins=lambda: ["alice", "bolat"], grace_s=0, clock=clock,
                                    quota=lambda: accountant.quota)
+    reader = EnergyAccountant(db, plan, clock=clock, writer=False)      # another worker process
+    assert not (await reader.update()).exhausted                         # nothing stored yet
     state = await accountant.update()
     assert state.month == (2026, 11) and state.used_by_login["alice"] == pytest.approx(1000)
     assert set(state.exhausted) == {"login:alice"}              # dc-kz: 1000 of 1200 kWh
+    assert (await reader.update()).exhausted == state.exhausted
     await enforcer.poll_once()
     assert [b[0] for b in blocked] == ["alice"] and enforcer.blocked_reason("alice").startswith(
         "quota_used_up: the 2026-11 energy quota of login alice (500 kWh) is used up (1000.0 kWh)")
