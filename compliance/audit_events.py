@@ -118,7 +118,7 @@ def change(action: str, subject: str, **details: Any) -> dict[str, Any]:
 
 
 def location_check(node_id: str, datacentre_id: str, verdict: str, mode: str,
-                   evidence: list[Mapping[str, str]]) -> dict[str, Any]:
+                   evidence: Iterable[Mapping[str, str]]) -> dict[str, Any]:
     """One location attestation of a pool node (compliance/attestation.py): the verdict and each
     piece of evidence (kind, subject, result, found, detail); addresses are the pool's own."""
     return change(verdict, node_id, datacentre=datacentre_id, mode=mode, evidence=list(evidence))
