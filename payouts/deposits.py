@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from compliance import audit_events
 from pool.address import AddressError, address_to_script
@@ -36,7 +36,7 @@ async def set_deposit(db: Database, login: str, exchange_id: str, address: str, 
               "updated_us": round(clock() * 1e6)}
     async with db.engine.begin() as conn:
         await conn.execute(delete(ExchangeDeposit).where(ExchangeDeposit.login == login))
-        await conn.execute(ExchangeDeposit.__table__.insert().values(login=login, **values))
+        await conn.execute(insert(ExchangeDeposit).values(login=login, **values))
     if audit is not None:
         audit(audit_events.PAYOUT, audit_events.payout("deposit_set", "-", login=login, exchange_id=exchange_id,
                                                        address=address, share_bps=share_bps))

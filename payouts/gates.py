@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Protocol
+from typing import Any, Protocol
 
 from compliance.registry import LicenceRegistry, RegistryError
 from compliance.standing import Clock, kz_today, standing, utc_now
@@ -66,7 +66,7 @@ class LicenceGate:
         except RegistryError:
             return MinerStanding(login, False, NO_LICENCE)
         verdict = standing(view.dates, kz_today(self.clock()))
-        base = dict(licence_no=view.licence_no, licence_issued=view.dates.issued, payout_address=view.payout_address)
+        base: dict[str, Any] = dict(licence_no=view.licence_no, licence_issued=view.dates.issued, payout_address=view.payout_address)
         if not verdict.valid:
             return MinerStanding(login, False, verdict.reason, **base)
         try:

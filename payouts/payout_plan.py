@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from .schemes import BPS, largest_remainder
 
@@ -57,7 +58,7 @@ class PlannedItem:
 def plan_item(login: str, licence_no: str, licence_issued: date, amount: int, commission: int,
               wallet_address: str, deposit: Deposit | None, eligible: Iterable[str], min_share_bps: int,
               dust_sats: int) -> PlannedItem:
-    base = dict(login=login, licence_no=licence_no, licence_issued=licence_issued, amount_sats=amount,
+    base: dict[str, Any] = dict(login=login, licence_no=licence_no, licence_issued=licence_issued, amount_sats=amount,
                 commission_sats=commission, wallet_address=wallet_address)
     if deposit is None:
         return PlannedItem(**base, wallet_sats=amount)

@@ -42,20 +42,13 @@ from .ledger import (AVAILABLE, FROZEN, AuditSink, Balance, Ledger, Line, Postin
                      parse_miner_account)
 from .models import ExchangeDeposit
 from .payout_plan import Deposit, PlannedItem, plan_item
+from .reconcile import ReconcileMismatch, Reconciler, RunInDoubt, psbt_path
 from .run_lock import payout_run_lock
-from .run_store import CANCELLED, FAILED, PSBT, SENT, RunStore, StoredRun
+from .run_store import FAILED, RunStore, StoredRun
 from .settings import PayoutSettings
-from .wallet_rpc import WalletReplyError, WalletRpc, WalletTx, psbt_txid
+from .wallet_rpc import WalletReplyError, WalletRpc
 
 log = logging.getLogger("kzpool.payouts.run")
-
-
-class RunInDoubt(RuntimeError):
-    """A previous run may still be executing in the wallet; try again later."""
-
-
-class ReconcileMismatch(RuntimeError):
-    """The wallet's transaction for a run does not pay what the run says: stop for the operator."""
 
 
 @dataclass
@@ -79,6 +72,7 @@ class PayoutRunner:
         self.db, self.ledger, self.wallet, self.licences = db, ledger, wallet, licences
         self.settings, self.gates, self.audit, self.clock, self.crash = settings, gates, audit, clock, crash
         self.store = RunStore(db, ledger, clock)
+        self.reconciler = Reconciler(self.store, wallet, settings, self._audit, clock)
 
     def _audit(self, action: str, run_id: str, **details: Any) -> None:
         log.info("event=payout_%s run=%s %s", action, run_id,
@@ -89,7 +83,7 @@ class PayoutRunner:
     async def run(self, dry_run: bool = False) -> RunResult:
         async with payout_run_lock(self.db):
             try:
-                reconciled = await self.reconcile(dry_run)
+                reconciled = await self.reconciler.reconcile(dry_run)
             except RunInDoubt as exc:
                 return RunResult("in_doubt", reason=str(exc))
             except ReconcileMismatch as exc:
@@ -221,9 +215,6 @@ class PayoutRunner:
             return 0
         return tx.fee_sats if tx is not None else 0
 
-    def _psbt_path(self, run: StoredRun) -> Path:
-        return Path(self.settings.psbt_dir) / f"{run.label}.psbt"
-
     async def _write_psbt(self, run: StoredRun, base: dict[str, Any]) -> RunResult:
         try:
             funded = await self.wallet.create_funded_psbt(run.outputs, self.settings.conf_target)
@@ -233,67 +224,13 @@ class PayoutRunner:
             return RunResult("failed", run.id, reason=str(exc), **base)
         except (NodeError, WalletReplyError) as exc:
             return RunResult("in_doubt", run.id, reason=f"walletcreatefundedpsbt outcome unknown: {exc}", **base)
-        path = self._psbt_path(run)
+        path = psbt_path(self.settings, run)
         _write_durably(path, funded.psbt + "\n")
         self.crash("sent")
         await self.store.mark_psbt(run, funded.txid, str(path), funded.fee_sats)
         self._audit("psbt_written", run.id, path=str(path), txid=funded.txid, total_sats=run.total_sats)
         self.crash("committed")
         return RunResult("psbt", run.id, funded.txid, psbt_path=str(path), **base)
-
-    # -- reconciliation -------------------------------------------------------------------------
-    async def reconcile(self, dry_run: bool = False) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for run in await self.store.runs():
-            if dry_run:
-                out[run.id] = run.status
-            elif run.status == PSBT:
-                out[run.id] = await self._reconcile_psbt(run)
-            elif run.method == "psbt":
-                out[run.id] = await self._reconcile_unwritten_psbt(run)
-            else:
-                out[run.id] = await self._reconcile_prepared(run)
-        return out
-
-    async def _reconcile_prepared(self, run: StoredRun) -> str:
-        tx = await self.wallet.find_by_comment(run.label, self.settings.reconcile_scan)
-        if tx is not None:
-            return await self._found(run, tx)
-        age_s = self.clock() - run.created_us / 1e6
-        if age_s < self.settings.in_doubt_grace_s:
-            raise RunInDoubt(f"payout run {run.id} was prepared {age_s:.0f} s ago and is not in the wallet yet; "
-                             f"its sendmany may still be running: retry after {self.settings.in_doubt_grace_s:g} s")
-        await self.store.cancel(run, CANCELLED, "not in the wallet: never sent")
-        self._audit("run_cancelled", run.id, reason="not in the wallet after the grace time",
-                    total_sats=run.total_sats)
-        return CANCELLED
-
-    async def _reconcile_psbt(self, run: StoredRun) -> str:
-        tx = await self.wallet.transaction(run.txid or "")
-        if tx is None or tx.confirmations < 0:
-            return PSBT
-        return await self._found(run, tx)
-
-    async def _reconcile_unwritten_psbt(self, run: StoredRun) -> str:
-        path = self._psbt_path(run)
-        if path.exists():           # written, then the process died before recording it
-            txid = psbt_txid(path.read_text().strip())
-            await self.store.mark_psbt(run, txid, str(path), 0)
-            self._audit("psbt_written", run.id, path=str(path), txid=txid, reconciled=True)
-            return PSBT
-        await self.store.cancel(run, CANCELLED, "PSBT never written")
-        self._audit("run_cancelled", run.id, reason="PSBT never written", total_sats=run.total_sats)
-        return CANCELLED
-
-    async def _found(self, run: StoredRun, tx: WalletTx) -> str:
-        if tx.sent != run.outputs:
-            raise ReconcileMismatch(f"payout run {run.id}: wallet transaction {tx.txid} pays {tx.sent}, "
-                                    f"the run says {run.outputs}")
-        await self.store.mark_sent(run, tx.txid, tx.fee_sats)
-        self._audit("run_sent", run.id, txid=tx.txid, total_sats=run.total_sats, network_fee_sats=tx.fee_sats,
-                    reconciled=True)
-        return SENT
-
 
 ZERO = Balance()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from payouts import schemes
-from payouts.ledger import POOL_FEES, POOL_PPS, Ledger, miner_account
+from payouts.ledger import POOL_FEES, POOL_PPS, Ledger
 from payouts.pps import PpsCreditor, PpsRate, TemplateRates
 from pool.compaction import compact
 from pool.db import Database
