@@ -62,6 +62,8 @@ class GatedAuthorizer:
 
     def __getattr__(self, name: str) -> Any:
         # is_still_valid, mark_invalid ... of the registry authorizer stay reachable through the wrapper.
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     async def authorize(self, worker: str, password: str, peer: Peer) -> Account | Refusal:
