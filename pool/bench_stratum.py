@@ -23,6 +23,8 @@ import json
 import math
 import multiprocessing
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from array import array
@@ -101,7 +103,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="extra --set for the pool (repeatable)")
     p.add_argument("--connect", metavar="HOST:PORT", help="use a running pool instead of starting one")
     p.add_argument("--server-pid", type=int, help="with --connect: the pool's pid, for CPU and memory")
+    p.add_argument("--py-spy", metavar="FILE", help="profile the pool with py-spy during the measured window "
+                   "(collapsed stacks to FILE; py-spy must be on PATH or beside this Python)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-': stdout)")
+    p.add_argument("--workdir-base", metavar="DIR", help="create the pool's temporary working directory "
+                   "(SQLite database, share log) under DIR, e.g. /dev/shm to take the disk out")
     p.add_argument("--keep-workdir", action="store_true", help="keep the pool's temporary directory")
     args = p.parse_args(argv)
     if args.miners < 0 or args.idle < 0 or args.rate < 0 or args.duration <= 0 or args.processes < 1:
@@ -149,7 +155,8 @@ class Bench:
         self.result["config"] = {"miners": a.miners, "idle": a.idle, "rate": a.rate, "duration_s": a.duration,
                                  "warmup_s": a.warmup, "processes": procs, "source_addrs": list(sources),
                                  "difficulty": a.difficulty, "simnet_bits": a.simnet_bits,
-                                 "server_args": list(a.server_args), "connect": a.connect}
+                                 "server_args": list(a.server_args), "connect": a.connect,
+                                 "workdir_base": a.workdir_base or tempfile.gettempdir()}
         ctx = multiprocessing.get_context("spawn")
         self.children = [Child(ctx, ProcSpec(i, host, port, sources)) for i in range(procs)]
 
@@ -192,12 +199,13 @@ class Bench:
         miners = a.miners if a.miners or a.no_block else 1      # one miner to find the block
         self.result["miner_connections"] = self.open_connections("active", miners, 0, 120 + miners / 50)
         if a.warmup > 0 and a.miners and a.rate:
-            self.submit_window(a.warmup, block=False)
+            self.submit_window(a.warmup, block=False, measured=False)
 
-    def submit_window(self, seconds: float, block: bool) -> dict[str, Any]:
+    def submit_window(self, seconds: float, block: bool, measured: bool = True) -> dict[str, Any]:
         a = self.args
         rate = a.rate if a.miners else 0.0
         active = [c for c, n in zip(self.children, split(a.miners, len(self.children))) if n] if rate else []
+        profiler = self.start_profiler(seconds) if measured else None
         start = self.usage()
         for child, r in zip(active, split_rate(rate, len(active))):
             child.send("rate", r, seconds)
@@ -207,7 +215,20 @@ class Bench:
             fanout = self.fanout()
         reports = [c.wait("rate", seconds + 60) for c in active]
         end = self.usage()
+        if profiler is not None:
+            profiler.wait(60)
         return {"reports": [r[1] for r in reports], "start": start, "end": end, "fanout": fanout}
+
+    def start_profiler(self, seconds: float) -> subprocess.Popen | None:
+        if not self.args.py_spy or not self.pid:
+            return None
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        cmd = [exe, "record", "--nonblocking", "--threads", "--format", "raw", "-d", str(max(1, int(seconds))),
+               "-o", self.args.py_spy, "-p", str(self.pid)]
+        if self.result.get("pool_workers", 1) > 1:
+            cmd.append("--subprocesses")
+        self.result["profile"] = {"file": self.args.py_spy, "command": " ".join(cmd[1:])}
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def fanout(self) -> dict[str, Any]:
         for c in self.children:
@@ -245,18 +266,25 @@ class Bench:
             for code, n in x["rejected"].items():
                 rejected[str(code)] = rejected.get(str(code), 0) + n
         latencies = [v for x in reports for v in array("d", x["latencies"])]
+        sent_at = [v for x in reports for v in array("d", x["sent_at"])]
         wall = max(x["submit_seconds"] for x in reports)
+        drained = max([wall] + [x["drained_seconds"] for x in reports])
         r.update(duration_s=round(wall, 2), sent=sum(x["sent"] for x in reports), accepted=accepted,
                  rejected=rejected, unanswered=sum(x["unanswered"] for x in reports),
                  throttled=sum(x["throttled"] for x in reports),
-                 accepted_shares_per_s=round(accepted / wall, 1),
+                 offered_shares_per_s=round(sum(x["sent"] for x in reports) / wall, 1),
+                 accepted_shares_per_s=round(accepted / drained, 1),
                  submit_latency_ms=ms_summary(latencies, ("p50", 0.5), ("p99", 0.99), ("p999", 0.999)),
+                 submit_latency_ms_by_second=by_second(sent_at, latencies),
                  generator_cpu_us_per_share=round(sum(x["generator_cpu_s"] for x in reports) / max(accepted, 1)
                                                   * 1e6, 1))
         if start and end and accepted:
             cpu = end.cpu_s - start.cpu_s
-            r.update(server_cpu_s=round(cpu, 2), server_cpu_cores=round(cpu / (end.at - start.at), 3),
-                     server_cpu_us_per_share=round(cpu / accepted * 1e6, 1))
+            r.update(server_cpu_s=round(cpu, 2), server_user_s=round(end.user_s - start.user_s, 2),
+                     server_sys_s=round(end.sys_s - start.sys_s, 2), server_cpu_cores=round(cpu / (end.at - start.at), 3),
+                     server_cpu_us_per_share=round(cpu / accepted * 1e6, 1),
+                     server_cpu_us_per_share_by_thread={k: round((end.threads[k] - start.threads[k]) / accepted * 1e6, 1)
+                                                        for k in end.threads})
 
     def finish(self) -> None:
         u = self.usage()
@@ -280,6 +308,15 @@ class Bench:
             code = self.pool.stop()
             if code not in (0, None):
                 self.notes.append(f"pool exited with {code}: {self.pool.stderr_tail(500)}")
+
+
+def by_second(sent_at: list[float], latencies: list[float]) -> list[dict[str, float]]:
+    """p50/p99/max of the submits sent in each second of the window: shows whether a tail is one
+    stall or spread evenly."""
+    buckets: dict[int, list[float]] = {}
+    for t, v in zip(sent_at, latencies):
+        buckets.setdefault(int(t), []).append(v)
+    return [{"second": k, **ms_summary(buckets[k], ("p50", 0.5), ("p99", 0.99))} for k in sorted(buckets)]
 
 
 def split_rate(rate: float, parts: int) -> list[float]:
@@ -317,8 +354,9 @@ def format_text(r: dict[str, Any]) -> str:
                      f"{r['accepted_shares_per_s']}/s; rejected {r['rejected']} unanswered {r['unanswered']}")
         lines.append(f"  submit latency ms p50 {lat['p50']} p99 {lat['p99']} p999 {lat['p999']} max {lat['max']}")
     if "server_cpu_us_per_share" in r:
-        lines.append(f"  server CPU {r['server_cpu_s']} s ({r['server_cpu_cores']} cores) = "
-                     f"{r['server_cpu_us_per_share']} us per accepted share; generator "
+        lines.append(f"  server CPU {r['server_cpu_s']} s (user {r['server_user_s']} sys {r['server_sys_s']}; "
+                     f"{r['server_cpu_cores']} cores) = "
+                     f"{r['server_cpu_us_per_share']} us per accepted share {r['server_cpu_us_per_share_by_thread']}; generator "
                      f"{r['generator_cpu_us_per_share']} us/share")
     if "notify_fanout_ms" in r:
         f = r["notify_fanout_ms"]
@@ -335,7 +373,7 @@ def format_text(r: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     bench = Bench(args)
-    with tempfile.TemporaryDirectory(prefix="kzpool-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kzpool-bench-", dir=args.workdir_base) as tmp:
         workdir = Path(tmp)
         try:
             host, port = bench.start_pool(workdir)
@@ -365,5 +403,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
     raise SystemExit(main(sys.argv[1:]))

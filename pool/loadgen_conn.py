@@ -69,7 +69,9 @@ class Stats:
         self.accepted = 0
         self.rejected: dict[int, int] = defaultdict(int)
         self.latencies: array = array("d")
+        self.sent_at: array = array("d")          # send time of each latency, same order
         self.in_flight = 0
+        self.last_reply = 0.0
 
 
 class IdleConn(asyncio.Protocol):
@@ -172,7 +174,9 @@ class MinerConn(asyncio.Protocol):
         if sent is not None:
             st = self.stats
             st.in_flight -= 1
+            st.last_reply = now
             st.latencies.append(now - sent)
+            st.sent_at.append(sent)
             if msg.get("result") is True:
                 st.accepted += 1
             else:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import threading
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +65,24 @@ class Runner:
         return sources[index % len(sources)] if sources else None
 
     async def run(self) -> None:
+        # A thread blocks on the pipe (the loop's add_reader would make the fd non-blocking, and a
+        # large reply would then fail with EAGAIN); commands run as tasks on the loop.
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.pipe.fileno(), self._on_command)
+        threading.Thread(target=self._read_commands, args=(loop,), daemon=True).start()
         await self.done.wait()
-        loop.remove_reader(self.pipe.fileno())
 
-    def _on_command(self) -> None:
-        cmd = self.pipe.recv()
+    def _read_commands(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                cmd = self.pipe.recv()
+            except (EOFError, OSError):
+                loop.call_soon_threadsafe(self.done.set)
+                return
+            loop.call_soon_threadsafe(self._on_command, cmd)
+            if cmd[0] == "close":
+                return
+
+    def _on_command(self, cmd: tuple) -> None:
         handler = getattr(self, "cmd_" + cmd[0])
         task = asyncio.ensure_future(handler(*cmd[1:]))
         task.add_done_callback(self._report_failure)
@@ -139,7 +152,8 @@ class Runner:
             await asyncio.sleep(0.01)
         self.pipe.send(("rate", {
             "sent": st.sent, "accepted": st.accepted, "rejected": dict(st.rejected), "throttled": throttled,
-            "unanswered": st.in_flight, "submit_seconds": submitted_for, "latencies": st.latencies.tobytes(),
+            "unanswered": st.in_flight, "submit_seconds": submitted_for, "drained_seconds": st.last_reply - started, "latencies": st.latencies.tobytes(),
+            "sent_at": (array("d", (t - started for t in st.sent_at))).tobytes(),
             "generator_cpu_s": self_cpu_s() - cpu0}))
 
     async def cmd_arm(self) -> None:

@@ -129,14 +129,37 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of every process listed (all their threads), in seconds."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) of every process listed (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            total += int(fields[11]) + int(fields[12])      # stat fields 14 and 15
-    return total / CLOCK_TICKS
+            user += int(fields[11])                        # stat field 14
+            system += int(fields[12])                      # stat field 15
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def thread_cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """User and system CPU seconds of each process's main thread (tid == pid) and of all its other
+    threads together (in the pool: the SQLite connection thread, the default executor)."""
+    acc = {"main_user": 0, "main_sys": 0, "other_user": 0, "other_sys": 0}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            which = "main" if int(tid) == pid else "other"
+            acc[which + "_user"] += int(fields[11])
+            acc[which + "_sys"] += int(fields[12])
+    return {k: v / CLOCK_TICKS for k, v in acc.items()}
 
 
 def _kb_field(path: str, key: str) -> int:
@@ -160,16 +183,22 @@ def memory_kb(pids: list[int]) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Usage:
     at: float               # time.monotonic()
-    cpu_s: float
+    user_s: float
+    sys_s: float
     rss_kb: int
     pss_kb: int
     processes: int
+    threads: dict[str, float]
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
 
 
 def usage(pid: int) -> Usage:
     pids = process_tree(pid)
     rss, pss = memory_kb(pids)
-    return Usage(time.monotonic(), cpu_seconds(pids), rss, pss, len(pids))
+    return Usage(time.monotonic(), *cpu_seconds(pids), rss, pss, len(pids), thread_cpu_seconds(pids))
 
 
 def load_average() -> list[float]:
