@@ -181,7 +181,10 @@ class Runner:
         armed = sum(1 for c in self.idle if c.transport is not None) + sum(
             1 for m in self.miners if m.transport is not None)
         deadline = time.monotonic() + wait_s
-        while len(self.stats.notify_arrivals) < armed and time.monotonic() < deadline:
+        def waiting() -> bool:
+            return (len(self.stats.notify_arrivals) < armed
+                    or any(len(m.block_replies) < len(m.block_ids) for m in self.miners if m.transport))
+        while waiting() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         replies = [r for m in self.miners for r in m.block_replies]
         self.pipe.send(("fanout", self.stats.notify_arrivals.tobytes(), armed, replies))
