@@ -111,6 +111,9 @@ def test_largest_remainder_rule_by_example():
     dist = schemes.distribute(312_500_000, 100, {"alice": 3, "bolat": 1})
     assert dist.fee == 3_125_000 and dist.credits == {"alice": 232_031_250, "bolat": 77_343_750}
     assert dist.commissions == {"alice": 2_343_750, "bolat": 781_250}
+    # docs/payouts.md's worked example: the one satoshi left goes to the tie's first login
+    doc = schemes.distribute(312_512_345, 100, {"alice": 3, "bolat": 1})
+    assert (doc.fee, doc.credits) == (3_125_123, {"alice": 232_040_417, "bolat": 77_346_805})
     empty = schemes.distribute(1000, 100, {})
     assert empty.credits == {} and empty.fee == 10 and empty.unallocated == 990
 
