@@ -209,7 +209,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 2
         rows = await distribution_rows(RunStore(ctx.db, ctx.ledger), ctx.registry, args.date_from, args.date_to,
                                        asset=s.asset, schema=s.report_schema)
-        submitter = ReportSubmitter(ctx.db, s.report_endpoint, token=s.report_token, ca_file=s.report_ca_file,
+        submitter = ReportSubmitter(ctx.db, s.report_endpoint, token=s.report_secret, ca_file=s.report_ca_file,
                                     timeout_s=s.report_timeout_s, attempts=s.report_attempts,
                                     backoff_s=s.report_backoff_s, audit=ctx.audit.record)
         result = await submitter.submit(rows, args.date_from, args.date_to, schema=s.report_schema,

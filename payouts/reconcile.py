@@ -84,7 +84,8 @@ class Reconciler:
         if tx.sent != run.outputs:
             raise ReconcileMismatch(f"payout run {run.id}: wallet transaction {tx.txid} pays {tx.sent}, "
                                     f"the run says {run.outputs}")
-        await self.store.mark_sent(run, tx.txid, tx.fee_sats)
+        # The report dates a distribution by when the wallet got the transaction, not by this run.
+        await self.store.mark_sent(run, tx.txid, tx.fee_sats, tx.time * 1_000_000 if tx.time else None)
         self._audit("run_sent", run.id, txid=tx.txid, total_sats=run.total_sats, network_fee_sats=tx.fee_sats,
                     reconciled=True)
         return SENT

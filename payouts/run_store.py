@@ -103,8 +103,9 @@ class RunStore:
         return [StoredRun(r.id, r.label, r.method, r.status, r.created_us, r.total_sats, r.txid, r.sent_us,
                           by_run.get(r.id, [])) for r in rows]
 
-    async def mark_sent(self, run: StoredRun, txid: str, fee_sats: int) -> bool:
-        """Record the wallet's transaction; False if the run was already marked (a retried step)."""
+    async def mark_sent(self, run: StoredRun, txid: str, fee_sats: int, sent_us: int | None = None) -> bool:
+        """Record the wallet's transaction; False if the run was already marked (a retried step).
+        `sent_us`: when the wallet got it (reconciled runs), else now; the report's date."""
         posting = Posting(f"payout:{run.id}:sent", "payout_sent", lines_from([
             (PAYOUT_IN_FLIGHT, -run.total_sats, 0), (CHAIN_PAYMENTS, run.total_sats, 0),
             (POOL_FEES, -fee_sats, 0), (CHAIN_NETWORK_FEES, fee_sats, 0)]),
@@ -114,7 +115,7 @@ class RunStore:
                 return False
             now = self._now_us()
             await writer.conn.execute(update(PayoutRun).where(PayoutRun.id == run.id).values(
-                status=SENT, txid=txid, network_fee_sats=fee_sats, sent_us=now, updated_us=now))
+                status=SENT, txid=txid, network_fee_sats=fee_sats, sent_us=sent_us or now, updated_us=now))
         return True
 
     async def mark_psbt(self, run: StoredRun, txid: str, path: str, fee_sats: int) -> None:

@@ -15,7 +15,7 @@ SCHEMES = ("pplns", "pps", "fpps", "prop", "solo")
 METHODS = ("sendmany", "psbt")
 BPS = 10_000
 WALLET_PASSWORD_ENV = "KZPOOL_WALLET_RPC_PASSWORD"
-REPORT_TOKEN_ENV = "KZPOOL_REPORT_TOKEN"
+REPORT_SECRET_ENV = "KZPOOL_REPORT_SECRET"
 
 
 class PayoutSettingsError(ValueError):
@@ -51,7 +51,8 @@ class PayoutSettings:
     eligible_exchanges: tuple[str, ...] = ()    # ids of licensed exchanges (AIFC, or NB-supervised)
     exchange_min_share_bps: tuple[str, ...] = ()  # "YEAR:BPS", e.g. "2024:5000", "2025:7500"
     report_endpoint: str = ""               # Qoldau.kz API URL (https://), empty: submission disabled
-    report_token: str = ""                  # bearer token, or KZPOOL_REPORT_TOKEN in the environment
+    report_secret: str = ""                 # bearer token, or KZPOOL_REPORT_SECRET in the environment;
+                                            # "secret" in the name: config.redacted() blanks it
     report_ca_file: str = ""                # extra CA bundle for the endpoint's certificate
     report_timeout_s: float = 30.0
     report_attempts: int = 5                # POST attempts per submission (exponential backoff)
@@ -113,6 +114,6 @@ def payout_settings(cfg: Any = None, environ: dict[str, str] | None = None) -> P
     env = os.environ if environ is None else environ
     if env.get(WALLET_PASSWORD_ENV) and not settings.wallet_rpc_password:
         settings = replace(settings, wallet_rpc_password=env[WALLET_PASSWORD_ENV])
-    if env.get(REPORT_TOKEN_ENV) and not settings.report_token:
-        settings = replace(settings, report_token=env[REPORT_TOKEN_ENV])
+    if env.get(REPORT_SECRET_ENV) and not settings.report_secret:
+        settings = replace(settings, report_secret=env[REPORT_SECRET_ENV])
     return settings.validate()

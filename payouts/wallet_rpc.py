@@ -60,6 +60,7 @@ class WalletTx:
     fee_sats: int                                        # paid by the wallet (positive)
     sent: dict[str, int] = field(default_factory=dict)   # address -> sats, "send" entries
     comment: str = ""
+    time: int = 0                                        # unix s the wallet first knew it (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ class WalletRpc:
             if entry.get("category") == "send" and entry.get("address"):
                 sent[entry["address"]] = sent.get(entry["address"], 0) - sats_from_btc(entry["amount"])
         return WalletTx(str(raw["txid"]), int(raw.get("confirmations", 0)), -sats_from_btc(raw.get("fee", 0)),
-                        sent, str(raw.get("comment", "")))
+                        sent, str(raw.get("comment", "")), int(raw.get("timereceived") or raw.get("time") or 0))
 
     async def find_by_comment(self, comment: str, scan: int) -> WalletTx | None:
         """The wallet transaction carrying `comment`, searching the newest `scan` entries."""

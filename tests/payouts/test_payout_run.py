@@ -11,6 +11,7 @@ from payouts.deposits import set_deposit
 from payouts.gates import LicenceGate
 from payouts.ledger import CHAIN_COINBASE, CHAIN_PAYMENTS, PAYOUT_IN_FLIGHT, Ledger, Line, Posting, miner_account
 from payouts.run_lock import RunLocked, payout_run_lock
+from payouts.run_store import RunStore
 from payouts.runner import PayoutRunner
 from payouts.settings import PayoutSettings
 from payouts.wallet_rpc import WalletRpc
@@ -145,7 +146,8 @@ async def test_exchange_share_and_dry_run(setup, payout_db, ledger, wallet, cloc
     assert result.items[0].exchange_sats == 750_000
 
 
-async def test_psbt_mode_pays_once_the_signed_transaction_reaches_the_wallet(setup, ledger, wallet, audit_records):
+async def test_psbt_mode_pays_once_the_signed_transaction_reaches_the_wallet(setup, payout_db, ledger, wallet, clock,
+                                                                              audit_records):
     _, _, runner = setup
     await credit(ledger, "alice", 500_000)
     result = await runner(method="psbt").run()
@@ -153,10 +155,14 @@ async def test_psbt_mode_pays_once_the_signed_transaction_reaches_the_wallet(set
     psbt = Path(result.psbt_path).read_text().strip()
     assert (await ledger.balances())[PAYOUT_IN_FLIGHT].amount == 500_000
     assert (await runner(method="psbt").run()).reconciled == {result.run_id: "psbt"}     # not signed yet
+    clock.advance(days=2)                                       # signed and broadcast two days later
+    wallet.clock = clock
     txid = wallet.sign_and_broadcast(psbt)
     assert txid == result.txid                                  # segwit: signing does not change the txid
     again = await runner(method="psbt").run()
     assert again.reconciled == {result.run_id: "sent"} and again.status == "nothing"
+    (run,) = await RunStore(payout_db, ledger).runs(["sent"])
+    assert run.sent_us == int(clock()) * 1_000_000              # dated when the wallet got it, for the report
     balances = await ledger.balances()
     assert balances[CHAIN_PAYMENTS].amount == 500_000 and balances[PAYOUT_IN_FLIGHT].amount == 0
     assert "psbt_written" in payouts_in(audit_records) and len(wallet.txs) == 1

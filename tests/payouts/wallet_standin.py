@@ -23,6 +23,8 @@ import asyncio
 import base64
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from hashlib import sha256
@@ -119,6 +121,7 @@ class WalletStandin:
     drop_reply: dict[str, bool] = field(default_factory=dict)
     locked_sats: int = 0
     pending_psbts: dict[str, tuple[list[tuple[str, int]], int, int]] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time        # the wallet's own clock: a transaction's "time"
     _server: Any = None
     _counter: int = 0
 
@@ -252,7 +255,7 @@ class WalletStandin:
 
     def _record(self, raw: bytes, outputs: list[tuple[str, int]], fee: int, comment: str) -> str:
         txid = sha256(sha256(raw).digest()).digest()[::-1].hex()
-        self.txs.append(StandinTx(txid, outputs, fee, comment, raw, 1_700_000_000 + len(self.txs)))
+        self.txs.append(StandinTx(txid, outputs, fee, comment, raw, int(self.clock())))
         return txid
 
     def _rpc_sendmany(self, dummy: str, amounts: dict, minconf: int = 1, comment: str = "",
