@@ -68,9 +68,11 @@ def compliance_gates(cfg: PoolConfig, db: Database, audit: Callable[[str, dict[s
     from compliance.accreditation import AccreditationGuard, accreditation_from_settings
     from compliance.location_gate import LocationPayoutGate
     from compliance.power_plan import setting
-    guard = AccreditationGuard(accreditation_from_settings(getattr(cfg, "accreditation", None)),
-                               production=cfg.mode == "production", audit=audit)
-    return [LocationPayoutGate(db, mode=setting(getattr(cfg, "location", None), "mode", "warn"), accreditation=guard)]
+    accreditation, location = getattr(cfg, "accreditation", None), getattr(cfg, "location", None)
+    guard = AccreditationGuard(accreditation_from_settings(accreditation), production=cfg.mode == "production",
+                               warn_days=setting(accreditation, "warn_days", 30), audit=audit)
+    return [LocationPayoutGate(db, mode=setting(location, "mode", "warn"), accreditation=guard,
+                               window_s=setting(location, "payout_window_s", 7 * 86400.0))]
 
 
 async def _open(cfg: PoolConfig) -> Context:

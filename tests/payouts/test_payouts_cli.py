@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import insert, text
@@ -18,7 +19,8 @@ from compliance.location_gate import LocationPayoutGate
 from compliance.pii import load_pii_box
 from compliance.power_models import LocationAttestation, NodeShareMinute
 from compliance.registry import LicenceRegistry
-from payouts.cli import add_subcommands
+from payouts.cli import add_subcommands, compliance_gates
+from payouts.gates import blocking_reason
 from payouts.ledger import Ledger, miner_account
 from payouts.settings import PayoutSettings
 from pool.config import PoolConfig, load_config
@@ -111,3 +113,18 @@ async def test_blocked_by_location_then_paid_with_a_revoked_miner_frozen():
     commands = [p["command"] for k, p in rows if k == "admin_command"]
     assert commands == ["payouts run"] * 3 + ["payouts balances"]
     assert "checkpoint" in [k for k, _ in rows]                  # the CLI's records are signed too
+
+
+async def test_an_expired_accreditation_blocks_every_run_in_production():
+    """The default gates (`compliance_gates`) read `[accreditation]` and `[location]`."""
+    cfg = load_config(overrides=test_overrides())
+    expired = replace(cfg, mode="production", accreditation=replace(
+        cfg.accreditation, number="ACC-2023-17", issued="2023-01-10", expires="2026-01-10", authority="MDDIAI"))
+    db = Database(cfg.database.url)
+    try:
+        await db.upgrade()
+        assert await blocking_reason(compliance_gates(cfg, db, lambda k, p: None)) is None      # demo: not enforced
+        reason = await blocking_reason(compliance_gates(expired, db, lambda k, p: None))
+        assert reason is not None and reason.startswith("accreditation_expired: pool accreditation ACC-2023-17")
+    finally:
+        await db.close()
