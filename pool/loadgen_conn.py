@@ -247,7 +247,8 @@ class MinerConn(asyncio.Protocol):
         return True
 
     async def mine_block(self, time_limit_s: float = 120.0) -> tuple[float, float]:
-        """Finds a nonce meeting the network target and submits it: (found at, sent at)."""
+        """Finds a nonce meeting the network target and submits it: (found at, sent at), where "sent"
+        is taken just before the write."""
         started = time.monotonic()
         nonce = BLOCK_NONCE_START
         batch = 4096
@@ -261,9 +262,11 @@ class MinerConn(asyncio.Protocol):
                     self.next_id += 1
                     self.block_ids[msg_id] = found
                     assert self.transport is not None
-                    self.transport.write(f'{{"id":{msg_id},"method":"mining.submit","params":["{self.worker}",'
-                                         f'"{self.job_id}{self.submit_tail}{nonce + i:08x}"]}}\n'.encode())
-                    return found, time.monotonic()
+                    line = (f'{{"id":{msg_id},"method":"mining.submit","params":["{self.worker}",'
+                            f'"{self.job_id}{self.submit_tail}{nonce + i:08x}"]}}\n'.encode())
+                    sent = time.monotonic()       # before the write: another process may see the notify first
+                    self.transport.write(line)
+                    return found, sent
             nonce += batch
             await asyncio.sleep(0)
         raise TimeoutError(f"no block found in {time_limit_s:g} s (network target too hard for the generator)")
