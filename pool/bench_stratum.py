@@ -35,6 +35,7 @@ from . import loadgen_server as srv
 from .loadgen_proc import ProcSpec, child_main
 
 FDS_PER_PROCESS_RESERVE = 300
+IDLE_CPU_WINDOW_S = 5.0       # one stratum.sweep_interval_s: the idle-connection timers run once in it
 
 
 class Child:
@@ -125,6 +126,7 @@ class Bench:
         self.pid: int | None = args.server_pid
         self.children: list[Child] = []
         self.notes: list[str] = []
+        self.metrics_port = 0
 
     # ---- setup ---------------------------------------------------------------------------------
     def start_pool(self, workdir: Path) -> tuple[str, int]:
@@ -132,8 +134,8 @@ class Bench:
         if a.connect:
             host, _, port = a.connect.rpartition(":")
             return host or "127.0.0.1", int(port)
-        port = srv.free_port()
-        sets = srv.default_overrides(port, a.difficulty, a.simnet_bits) + list(a.server_args)
+        port, self.metrics_port = srv.free_port(), srv.free_port()
+        sets = srv.default_overrides(port, self.metrics_port, a.difficulty, a.simnet_bits) + list(a.server_args)
         workers = a.workers
         if workers and not srv.supports_workers():
             self.notes.append(f"--workers {workers} ignored: this kzpool run has no --workers option")
@@ -186,7 +188,12 @@ class Bench:
         idle = self.open_connections("idle", a.idle, 1_000_000, 120 + a.idle / 50)
         time.sleep(2.0)                     # let the pool's allocations settle (authorization tasks, audit)
         after = self.usage()
+        time.sleep(IDLE_CPU_WINDOW_S)
+        quiet = self.usage()
         self.result["idle_connections"] = idle
+        if after and quiet:
+            # What holding the idle connections costs with nothing happening (timer sweeps, audit).
+            self.result["server_cpu_cores_idle"] = round((quiet.cpu_s - after.cpu_s) / (quiet.at - after.at), 3)
         if before and after:
             self.result["server_rss_before_idle_mb"] = round(before.rss_kb / 1024, 1)
             self.result["server_rss_with_idle_mb"] = round(after.rss_kb / 1024, 1)
@@ -230,7 +237,18 @@ class Bench:
         self.result["profile"] = {"file": self.args.py_spy, "command": " ".join(cmd[1:])}
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def server_tip_to_notify(self) -> dict[str, tuple[float, float]]:
+        if not self.metrics_port:
+            return {}
+        try:
+            return srv.tip_to_notify(self.metrics_port)
+        except (OSError, ValueError) as exc:
+            self.notes.append(f"/metrics not read: {exc}")
+            self.metrics_port = 0
+            return {}
+
     def fanout(self) -> dict[str, Any]:
+        before = self.server_tip_to_notify()
         for c in self.children:
             c.send("arm")
         armed = sum(c.wait("armed", 30)[1] for c in self.children)
@@ -245,6 +263,12 @@ class Bench:
         arrivals = [t - sent for r in replies for t in array("d", r[1])]
         out = ms_summary(arrivals, ("p50", 0.5), ("p99", 0.99))
         out.update(connections=armed, received=len(arrivals))
+        after = self.server_tip_to_notify()
+        server = [(after[w][0] - before.get(w, (0, 0))[0]) / (after[w][1] - before.get(w, (0, 0))[1])
+                  for w in after if after[w][1] > before.get(w, (0, 0))[1]]
+        if server:
+            # Inside the pool: template at the (worker's) job feed -> last notify handed to the kernel.
+            out["server_tip_to_notify_ms"] = round(max(server) * 1000, 3)
         block_replies = [rep for r in replies for rep in r[3]]
         if block_replies:
             out["block_share_reply_ms"] = round((block_replies[0][0] - sent) * 1000, 3)
@@ -347,7 +371,8 @@ def format_text(r: dict[str, Any]) -> str:
             lines.append(f"  {key:18s} ok={c['ok']} failed={c['failed']} in {c['seconds']} s ({c['per_s']}/s)")
     if "server_rss_per_idle_conn_kb" in r:
         lines.append(f"  memory per idle connection: RSS {r['server_rss_per_idle_conn_kb']} KB, "
-                     f"PSS {r['server_pss_per_idle_conn_kb']} KB")
+                     f"PSS {r['server_pss_per_idle_conn_kb']} KB; server CPU while only idle: "
+                     f"{r.get('server_cpu_cores_idle')} cores")
     if "accepted" in r:
         lat = r["submit_latency_ms"]
         lines.append(f"  accepted {r['accepted']} of {r['sent']} in {r['duration_s']} s = "
@@ -361,7 +386,8 @@ def format_text(r: dict[str, Any]) -> str:
     if "notify_fanout_ms" in r:
         f = r["notify_fanout_ms"]
         lines.append(f"  notify fan-out ms p50 {f.get('p50')} p99 {f.get('p99')} max {f.get('max')} "
-                     f"received {f.get('received')}/{f.get('connections')}")
+                     f"received {f.get('received')}/{f.get('connections')}; inside the pool (slowest "
+                     f"worker) {f.get('server_tip_to_notify_ms')}")
     if "server_rss_mb" in r:
         lines.append(f"  server RSS {r['server_rss_mb']} MB, PSS {r['server_pss_mb']} MB "
                      f"({r['server_processes']} processes)")

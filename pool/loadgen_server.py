@@ -9,6 +9,7 @@ counted twice) summed over the tree.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,14 +28,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def default_overrides(port: int, difficulty: float, simnet_bits: str) -> list[str]:
+def default_overrides(port: int, metrics_port: int, difficulty: float, simnet_bits: str) -> list[str]:
     """`--set` values that make a pool fit for load: loopback, a free port, a fixed tiny difficulty
     (min = start = max, so vardiff never moves it), an easy simulated chain so the generator can mine
-    a block on demand, no HTTP endpoints, quiet logs. The share log and the audit log stay on."""
+    a block on demand, /metrics on loopback (read twice, around the block), no admin endpoint, quiet
+    logs. The share log and the audit log stay on."""
     return ['stratum.host="127.0.0.1"', f"stratum.port={port}", f"stratum.start_difficulty={difficulty!r}",
             f"stratum.min_difficulty={difficulty!r}", f"stratum.max_difficulty={difficulty!r}",
-            "stratum.max_sessions=1000000", f'simnet.bits="{simnet_bits}"', "metrics.enabled=false",
-            "admin.enabled=false", 'log.level="WARNING"']
+            "stratum.max_sessions=1000000", f'simnet.bits="{simnet_bits}"', 'metrics.host="127.0.0.1"',
+            f"metrics.port={metrics_port}", "admin.enabled=false", 'log.level="WARNING"']
+
+
+_SAMPLE = re.compile(r'^(kzpool_tip_to_notify_seconds_(?:sum|count))(?:\{([^}]*)\})?\s+(\S+)$')
+
+
+def tip_to_notify(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """{worker label: (sum, count)} of the pool's kzpool_tip_to_notify_seconds histogram: the time
+    from a new tip's template reaching a (worker's) job feed to its last mining.notify written."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            worker = (re.search(r'worker="([^"]*)"', m.group(2) or "") or [None, "0"])[1]
+            pair = out.setdefault(worker, [0.0, 0.0])
+            pair[0 if m.group(1).endswith("_sum") else 1] = float(m.group(3))
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def run_help() -> str:
