@@ -161,7 +161,8 @@ def fee_rates_from_settings(entries: Sequence[Any] | None) -> tuple[FeeRate, ...
     for i, entry in enumerate(entries):
         where = f"energy.fee_rates[{i}]"
         try:
-            valid_from = date.fromisoformat(str(setting(entry, "from", "")))
+            # A typed config spells the TOML key `from` as the field `from_` (a Python keyword).
+            valid_from = date.fromisoformat(str(setting(entry, "from", None) or setting(entry, "from_", "")))
             until_text = str(setting(entry, "until", "") or "")
             valid_until = date.fromisoformat(until_text) if until_text else None
         except ValueError:

@@ -20,6 +20,8 @@ from compliance.demo_registry import seed_demo_registry
 from compliance.pii import load_pii_box
 from compliance.registry import LicenceRegistry
 from compliance.watcher import LicenceWatcher
+from compliance.work_gate import GatedAuthorizer
+from stratum.jobs import Job
 from stratum.extranonce import Extranonce1Allocator
 from stratum.interfaces import Authorizer, ShareHasher
 from stratum.server import StratumServer
@@ -32,6 +34,7 @@ from .jobs import JobFeed
 from .listeners import build_listeners, extranonce1_prefix, server_limits
 from .logsetup import active_anonymiser
 from .metrics import PoolMetrics
+from .operating_rules import OperatingRules
 from .metrics_http import HttpServer, start_metrics_server
 from .admin import start_admin_server
 from .sharelog import ShareLog, record_from_share
@@ -110,16 +113,22 @@ class PoolApp:
         self.share_log = ShareLog(self.db, spill)
         self.registry: LicenceRegistry | None = None
         self.watcher: LicenceWatcher | None = None
-        self.authorizer = authorizer or self._build_authorizer()
+        self.rules = OperatingRules(cfg, self.db, self.audit.record, lambda: self.server,
+                                    energy_writer=worker is None or worker.index == 0)
+        inner = authorizer or self._build_authorizer()
+        self.authorizer = GatedAuthorizer(inner, self.rules.auth_gate, audit=self.audit.record,
+                                          backoff=self._refusal_backoff())
         self.hasher = select_hasher()
         self.sink = PoolShareSink(self.source, store=self.share_log, record_factory=record_from_share)
         s = cfg.stratum
-        still_valid = getattr(self.authorizer, "is_still_valid", None)
+        still_valid = getattr(inner, "is_still_valid", lambda login: True)
+        work = self.rules.work_gate
         self.server = StratumServer(
             build_listeners(cfg, reuse_port=worker is not None), server_limits(cfg), self.authorizer, self.hasher,
             self.sink, Extranonce1Allocator(s.extranonce1_size, extranonce1_prefix(cfg, worker and worker.index)),
-            still_authorized=(lambda account: still_valid(account.login)) if still_valid else None)
-        self.jobs = JobFeed(self.source, self.server.broadcast_job, payout_script(cfg), cfg.coinbase.tag.encode(),
+            still_authorized=lambda account: still_valid(account.login) and work.work_allowed(account.login),
+            gets_work=lambda account: work.work_allowed(account.login))
+        self.jobs = JobFeed(self.source, self._publish_job, payout_script(cfg), cfg.coinbase.tag.encode(),
                             s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16),
                             extra_push=self.audit.anchor_push)
         self.sink.on_block.append(self._block_found)
@@ -138,11 +147,18 @@ class PoolApp:
         pii = load_pii_box(c.pii_key_file, allow_demo_key=cfg.mode == "demo", demo_key_path=demo_key)
         self.registry = LicenceRegistry(self.db, pii, audit=self.audit.record)
         authorizer = RegistryAuthorizer(self.registry, c.require_datacentre_ip, audit=self.audit.record,
-                                        backoff=RefusalBackoff(c.auth_backoff_base_s, c.auth_backoff_max_s,
-                                                               c.auth_backoff_forget_s))
+                                        backoff=self._refusal_backoff())
         self.watcher = LicenceWatcher(self.registry, self._licence_invalid, interval_s=c.licence_poll_s,
                                       full_scan_s=c.licence_full_scan_s, authorizer=authorizer)
         return authorizer
+
+    def _refusal_backoff(self) -> RefusalBackoff:
+        c = self.cfg.compliance
+        return RefusalBackoff(c.auth_backoff_base_s, c.auth_backoff_max_s, c.auth_backoff_forget_s)
+
+    def _publish_job(self, job: Job) -> int:
+        # A node whose location attestation failed in enforce mode hands out no work at all.
+        return self.server.broadcast_job(job) if self.rules.node_may_work() else 0
 
     def _block_found(self, event: BlockEvent, block: bytes) -> None:
         self.audit.record(audit_events.BLOCK_FOUND, audit_events.block_found(
@@ -184,6 +200,7 @@ class PoolApp:
         await self.share_log.start()
         if self.watcher is not None:
             await self.watcher.start()         # the baseline exists before the first miner connects
+        await self.rules.start()
         await self.audit.flush()               # so the very first job's coinbase anchors a real head
         await self.server.start()
         if self.worker is not None:
@@ -215,6 +232,7 @@ class PoolApp:
         await self.sink.drain()
         if self.watcher is not None:
             await self.watcher.stop()
+        await self.rules.stop()
         await self.share_log.close()           # every acknowledged share is durable before exit
         self.audit.record(audit_events.POOL_STOP, audit_events.pool_stop("stop"))
         await self.audit.close()               # commits the queue and signs the tail

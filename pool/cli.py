@@ -106,12 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     from compliance.audit_cli import add_subcommands as add_audit
     from compliance.cli import add_subcommands as add_registry
+    from compliance.curtail_cli import add_subcommands as add_curtail
+    from compliance.energy_cli import add_subcommands as add_energy
 
     from .db_cli import add_subcommands as add_db
     from .status_cli import add_subcommands as add_status
     add_status(sub, config_loader)
     add_registry(sub, config_loader)
     add_audit(sub, config_loader)
+    add_curtail(sub, config_loader)
+    add_energy(sub, config_loader)
     add_db(sub)
 
     check = sub.add_parser("config", help="print the effective configuration (secrets redacted)")

@@ -7,6 +7,7 @@ fails with the key and the expected type. Secrets may come from the environment 
 from __future__ import annotations
 
 import ipaddress
+import keyword
 import os
 import re
 import tomllib
@@ -135,6 +136,79 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccreditationConfig:
+    number: str = ""                    # the pool's accreditation certificate; "" = none (demo)
+    issued: str = ""                    # YYYY-MM-DD
+    expires: str = ""                   # first day in Kazakhstan with no accreditation (exclusive)
+    authority: str = ""
+    warn_days: int = 30                 # warn this many days before expiry
+
+
+@dataclass(frozen=True, slots=True)
+class LocationConfig:
+    mode: str = "warn"                  # enforce | warn: enforce withholds work and payouts on a fail
+    check_interval_s: float = 3600.0
+    mmdb_path: str = ""                 # GeoLite2-Country or DB-IP lite country MMDB
+    delegated_stats_path: str = ""      # RIR delegated-stats file (KZ allocations)
+    node_id: str = ""                   # "" = node-<node_id>
+    public_addresses: tuple[str, ...] = ()
+    datacentre: str = ""                # this node's data centre in the registry
+    payout_window_s: float = 604800.0   # "produced shares in the payout window"
+    activity_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EquipmentConfig:
+    model: str = ""
+    count: int = 1
+    j_per_th: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PowerProfileConfig:
+    id: str = ""                        # data centre id (in electricity.datacentres)
+    login: str = ""                     # miner login (in electricity.miners)
+    hours: str = ""                     # Kazakhstan hours, e.g. "22-7"; "" inherits
+    quota_kwh: float = 0.0              # monthly quota; 0 = none
+    equipment: tuple[EquipmentConfig, ...] = ()
+    power_sources: tuple[str, ...] = ()
+    avg_price_tenge: float = 0.0        # 0 = unknown (counts as the cheapest band for the fee)
+    metered: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ElectricityConfig:
+    default_hours: str = "0-24"
+    default_j_per_th: float = 30.0
+    datacentres: tuple[PowerProfileConfig, ...] = ()
+    miners: tuple[PowerProfileConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CurtailmentConfig:
+    grace_s: float = 30.0               # from client.show_message to the disconnect
+    poll_s: float = 1.0                 # <= 2 s so orders reach miners within 5 s
+
+
+@dataclass(frozen=True, slots=True)
+class FeeRateConfig:
+    from_: str = ""                     # TOML key `from`: YYYY-MM-DD
+    until: str = ""                     # "" = open-ended
+    source: str = "any"
+    tenge_per_kwh: float = 0.0
+    price_from: float = 0.0
+    price_until: float = 0.0
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyConfig:
+    update_s: float = 60.0              # energy accounting interval
+    recompute_hours: int = 3            # hours recomputed each run (late spill replays)
+    fee_rates: tuple[FeeRateConfig, ...] = ()   # empty: the shipped table (2022, 2023 bands, 2024+)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "kv"                  # kv | json
@@ -179,6 +253,11 @@ class PoolConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    accreditation: AccreditationConfig = field(default_factory=AccreditationConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
+    electricity: ElectricityConfig = field(default_factory=ElectricityConfig)
+    curtailment: CurtailmentConfig = field(default_factory=CurtailmentConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -190,7 +269,8 @@ class PoolConfig:
                    "node.source": (self.node.source, {"simnet", "bitcoind"}),
                    "chain.network": (self.chain.network, {"mainnet", "testnet", "testnet4", "signet", "regtest"}),
                    "auth.authorizer": (self.auth.authorizer, {"registry", "allowlist"}),
-                   "log.format": (self.log.format, {"kv", "json"})}
+                   "log.format": (self.log.format, {"kv", "json"}),
+                   "location.mode": (self.location.mode, {"warn", "enforce"})}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key} = {value!r}: expected one of {sorted(allowed)}")
@@ -218,6 +298,15 @@ class PoolConfig:
                 address_to_script(self.coinbase.payout_address, self.chain.network)
             except AddressError as exc:
                 raise ConfigError(f"coinbase.payout_address: {exc}") from None
+        if not 0 < self.curtailment.poll_s <= 2:
+            raise ConfigError("curtailment.poll_s must be in (0, 2]: orders reach miners within 5 s")
+        if self.mode == "production" and not self.accreditation.number:
+            raise ConfigError("accreditation.number is required in production mode")
+        from compliance.accreditation import accreditation_from_settings
+        try:
+            accreditation_from_settings(self.accreditation)     # the same rules the pool runs by
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 < self.compliance.licence_poll_s <= 2:
             raise ConfigError("compliance.licence_poll_s must be in (0, 2]: revocations reach miners within 5 s")
         if self.auth.authorizer == "allowlist":
@@ -273,9 +362,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
+        name = key + "_" if keyword.iskeyword(key) else key     # TOML `from` -> field `from_`
+        if name not in names:
             raise ConfigError(f"unknown config key '{full}'")
-        kwargs[key] = _convert(value, hints[key], full)
+        kwargs[name] = _convert(value, hints[name], full)
     missing = [f.name for f in fields(cls) if f.name not in kwargs
                and f.default is MISSING and f.default_factory is MISSING]
     if missing:

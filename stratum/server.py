@@ -69,7 +69,8 @@ class StratumServer:
     def __init__(self, listeners: list[Listener], limits: ServerLimits, authorizer: Authorizer,
                  hasher: ShareHasher, sink: ShareSink, extranonces: Extranonce1Allocator,
                  jobs: JobBook | None = None,
-                 still_authorized: Callable[[Account], bool] | None = None) -> None:
+                 still_authorized: Callable[[Account], bool] | None = None,
+                 gets_work: Callable[[Account], bool] | None = None) -> None:
         self.listeners = listeners
         self.limits = limits
         self.authorizer = authorizer
@@ -79,6 +80,8 @@ class StratumServer:
         self.jobs = jobs if jobs is not None else JobBook()
         # Asked at every submit: a licence revoked after authorization stops counting shares at once.
         self.still_authorized = still_authorized
+        # Asked at every broadcast: a curtailed miner gets no further jobs during its grace period.
+        self.gets_work = gets_work
         self.stats = ServerStats()
         self.connections: dict[int, "Connection"] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -146,7 +149,10 @@ class StratumServer:
         self.jobs.add(job)
         notify = encode_notification("mining.notify", job.notify_params())
         sent = 0
+        gets_work = self.gets_work
         for conn in self.connections.values():
+            if gets_work is not None and not any(gets_work(a) for a in conn.session.workers.values()):
+                continue
             data = conn.session.job_message(job, notify)
             if data is not None:
                 conn.write(data)

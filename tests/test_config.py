@@ -19,7 +19,8 @@ def test_demo_file_spells_out_the_embedded_default():
 def test_production_template_loads_once_filled_in():
     with pytest.raises(ConfigError, match="coinbase.payout_address"):
         load_config(CONFIG_DIR / "production.toml")
-    cfg = load_config(CONFIG_DIR / "production.toml", ['coinbase.payout_address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"'])
+    cfg = load_config(CONFIG_DIR / "production.toml", ['coinbase.payout_address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"',
+                                                       'location.public_addresses=["203.0.113.5"]'])
     assert cfg.mode == "production" and cfg.node.source == "bitcoind" and cfg.chain.network == "mainnet"
     assert cfg.auth.authorizer == "registry" and cfg.compliance.require_datacentre_ip
 
@@ -44,6 +45,10 @@ def test_set_overrides_parse_as_toml(assignment, check):
     ("mode=production", "pii_key_file"),
     ("chain.network=mainnet", "coinbase.payout_address"),            # the regtest demo address
     ("compliance.licence_poll_s=5", "licence_poll_s"),
+    ("location.mode=sometimes", "location.mode"),
+    ('accreditation.number="A-1"', "accreditation.issued"),
+    ("curtailment.poll_s=3", "curtailment.poll_s"),
+    ("energy.fee_rates=[{frm=1}]", "unknown config key 'energy.fee_rates\\[0\\].frm'"),
     ("stratum.version_mask=zz", "hex"),
     ("nonsense", "section.key=value"),
 ])

@@ -28,7 +28,8 @@ def free_port() -> int:
 def test_production_refuses_without_key_and_old_schema_then_runs(tmp_path: Path):
     port = free_port()
     url = f"sqlite+aiosqlite:///{tmp_path}/pool.sqlite3"
-    sets = ["mode=production", f'database.url="{url}"', 'stratum.host="127.0.0.1"', f"stratum.port={port}",
+    sets = ["mode=production", 'accreditation.number="KZ-ACC-1"', 'accreditation.issued="2026-01-15"',
+            'accreditation.expires="2029-01-15"', 'accreditation.authority="MDDIAI"', f'database.url="{url}"', 'stratum.host="127.0.0.1"', f"stratum.port={port}",
             'auth.authorizer="allowlist"', 'auth.logins=["farm1"]', 'auth.allowed_networks=["127.0.0.0/8"]',
             f'audit.key_file="{tmp_path}/audit.pem"', "metrics.enabled=false", "admin.enabled=false",
             "process.allow_root=true"]

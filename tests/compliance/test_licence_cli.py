@@ -131,7 +131,10 @@ def test_refusals_before_the_registry(cli: Cli, tmp_path: Path, monkeypatch: pyt
     assert code == 1 and "missing.csv" in out
     monkeypatch.delenv("KZPOOL_PII_KEY")
     code, out = cli("licences", "list", "--set", "auth.authorizer=allowlist", "--set", 'auth.logins=["x"]',
-                    "--set", 'auth.allowed_networks=["10.0.0.0/8"]', mode="production")
+                    "--set", 'auth.allowed_networks=["10.0.0.0/8"]', "--set", 'accreditation.number="A-1"', "--set",
+                    'accreditation.issued="2026-01-01"', "--set", 'accreditation.expires="2029-01-01"',
+                    "--set", 'accreditation.authority="MDDIAI"',
+                    mode="production")
     assert code == 2 and "no PII key" in out
     monkeypatch.setenv("KZPOOL_PII_KEY", PII_KEY_HEX)
     cli.url = f"sqlite+aiosqlite:///{tmp_path}/empty.sqlite3"
