@@ -35,7 +35,6 @@ from . import loadgen_server as srv
 from .loadgen_proc import ProcSpec, child_main
 
 FDS_PER_PROCESS_RESERVE = 300
-IDLE_CPU_WINDOW_S = 5.0       # one stratum.sweep_interval_s: the idle-connection timers run once in it
 
 
 class Child:
@@ -89,6 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=2000.0, help="total target shares/s (default 2000)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds of submitting (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of submitting before measuring (default 2)")
+    p.add_argument("--idle-cpu-window", type=float, default=5.0, help="seconds the pool's CPU is read with "
+                   "only idle connections open (default 5: one stratum.sweep_interval_s; 0 skips)")
     p.add_argument("--processes", type=int, default=2, help="load-generator processes (default 2; raised "
                    "so that each stays under its open-file limit)")
     p.add_argument("--source-addrs", type=int, default=-1, help="bind client sockets to 127.0.0.2 .. "
@@ -188,10 +189,10 @@ class Bench:
         idle = self.open_connections("idle", a.idle, 1_000_000, 120 + a.idle / 50)
         time.sleep(2.0)                     # let the pool's allocations settle (authorization tasks, audit)
         after = self.usage()
-        time.sleep(IDLE_CPU_WINDOW_S)
+        time.sleep(a.idle_cpu_window)
         quiet = self.usage()
         self.result["idle_connections"] = idle
-        if after and quiet:
+        if after and quiet and a.idle_cpu_window > 0:
             # What holding the idle connections costs with nothing happening (timer sweeps, audit).
             self.result["server_cpu_cores_idle"] = round((quiet.cpu_s - after.cpu_s) / (quiet.at - after.at), 3)
         if before and after:

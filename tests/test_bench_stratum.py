@@ -15,7 +15,7 @@ def test_bench_stratum_small_run(tmp_path: Path):
     out = tmp_path / "result.json"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     args = [sys.executable, "-m", "pool.bench_stratum", "--miners", "6", "--idle", "20", "--rate", "300",
-            "--duration", "3", "--warmup", "0.5", "--processes", "2", "--json", str(out)]
+            "--duration", "3", "--warmup", "0.5", "--processes", "2", "--idle-cpu-window", "0", "--json", str(out)]
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
