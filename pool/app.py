@@ -21,6 +21,10 @@ from compliance.pii import load_pii_box
 from compliance.registry import LicenceRegistry
 from compliance.watcher import LicenceWatcher
 from compliance.work_gate import GatedAuthorizer
+from payouts.block_tracker import BlockTracker
+from payouts.ledger import Ledger
+from payouts.pps import PpsCreditor, TemplateRates
+from payouts.settings import payout_settings
 from stratum.jobs import Job
 from stratum.extranonce import Extranonce1Allocator
 from stratum.interfaces import Authorizer, ShareHasher
@@ -132,6 +136,7 @@ class PoolApp:
                             s.extranonce1_size, s.extranonce2_size, version_mask=int(s.version_mask, 16),
                             extra_push=self.audit.anchor_push)
         self.sink.on_block.append(self._block_found)
+        self._build_payout_tracking()
         anonymiser = active_anonymiser()
         self.metrics = PoolMetrics(self, per_login_top_n=cfg.metrics.per_login_top_n,
                                    login_label=anonymiser.pseudonym if anonymiser else str)
@@ -151,6 +156,28 @@ class PoolApp:
         self.watcher = LicenceWatcher(self.registry, self._licence_invalid, interval_s=c.licence_poll_s,
                                       full_scan_s=c.licence_full_scan_s, authorizer=authorizer)
         return authorizer
+
+    def _build_payout_tracking(self) -> None:
+        """Found blocks recorded and followed to maturity (credits) or orphaning (reversal); PPS/FPPS
+        credited from stored shares. Every process records its own blocks; one process (the single
+        one, or worker 0) runs the maturity and PPS loops."""
+        p = payout_settings(self.cfg)
+        self.ledger = Ledger(self.db, audit=self.audit.record)
+        confirmations = getattr(self.source, "confirmations", None)
+        self.block_tracker = BlockTracker(
+            self.db, self.ledger, confirmations, scheme=p.scheme, fee_bps=p.fee_bps,
+            pplns_window_factor=p.pplns_window_factor, maturity=p.maturity, share_wait_s=p.share_wait_s,
+            interval_s=p.tracker_interval_s, audit=self.audit.record)
+        self.sink.on_block.append(self.block_tracker.on_block)
+        self.pps: PpsCreditor | None = None
+        if p.scheme in ("pps", "fpps"):
+            self.pps = PpsCreditor(
+                self.db, self.ledger, TemplateRates(lambda: self.jobs.template, fpps=p.scheme == "fpps",
+                                                    fee_window=p.fpps_fee_window),
+                fee_bps=p.fee_bps, scheme=p.scheme, lag_s=p.pps_lag_s, recheck_s=p.pps_recheck_s,
+                interval_s=p.pps_interval_s,
+                settled=lambda: not self.share_log.spilling and self.share_log.spill_bytes == 0)
+        self._runs_payout_loops = (self.worker is None or self.worker.index == 0) and confirmations is not None
 
     def _refusal_backoff(self) -> RefusalBackoff:
         c = self.cfg.compliance
@@ -198,6 +225,10 @@ class PoolApp:
         if self.registry is not None and self.cfg.mode == "demo" and self.worker is None:
             await seed_demo_registry(self.registry)
         await self.share_log.start()
+        if self._runs_payout_loops:
+            self.block_tracker.start()
+            if self.pps is not None:
+                self.pps.start()
         if self.watcher is not None:
             await self.watcher.start()         # the baseline exists before the first miner connects
         await self.rules.start()
@@ -230,6 +261,10 @@ class PoolApp:
         await self.jobs.stop()
         await self.server.shutdown()
         await self.sink.drain()
+        if self._runs_payout_loops:
+            await self.block_tracker.stop()
+            if self.pps is not None:
+                await self.pps.stop()
         if self.watcher is not None:
             await self.watcher.stop()
         await self.rules.stop()

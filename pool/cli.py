@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit(sub, config_loader)
     add_curtail(sub, config_loader)
     add_energy(sub, config_loader)
+    from payouts.cli import add_subcommands as add_payouts
+    add_payouts(sub, config_loader)
     add_db(sub)
 
     check = sub.add_parser("config", help="print the effective configuration (secrets redacted)")

@@ -16,6 +16,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from payouts.settings import PayoutSettings, PayoutSettingsError
+
 
 class ConfigError(ValueError):
     pass
@@ -258,6 +260,7 @@ class PoolConfig:
     electricity: ElectricityConfig = field(default_factory=ElectricityConfig)
     curtailment: CurtailmentConfig = field(default_factory=CurtailmentConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    payouts: PayoutSettings = field(default_factory=PayoutSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -302,6 +305,10 @@ class PoolConfig:
             raise ConfigError("curtailment.poll_s must be in (0, 2]: orders reach miners within 5 s")
         if self.mode == "production" and not self.accreditation.number:
             raise ConfigError("accreditation.number is required in production mode")
+        try:
+            self.payouts.validate()
+        except PayoutSettingsError as exc:
+            raise ConfigError(str(exc)) from None
         from compliance.accreditation import accreditation_from_settings
         try:
             accreditation_from_settings(self.accreditation)     # the same rules the pool runs by

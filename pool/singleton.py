@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import AsyncIterator
 
 from .db import Database
@@ -27,25 +26,31 @@ def lock_key(name: str) -> int:
 
 
 @asynccontextmanager
-async def singleton(db: Database, name: str) -> AsyncIterator[None]:
-    """Holds the lock named `name` for the body; raises SingletonBusy at once if another holds it."""
+async def singleton(db: Database, name: str, busy: type[SingletonBusy] = SingletonBusy) -> AsyncIterator[None]:
+    """Holds the lock named `name` for the body; raises `busy` at once if another holder has it."""
     if db.dialect == "postgresql":
+        key = lock_key(name)
         async with db.engine.connect() as conn:
-            got = (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)" % lock_key(name))).scalar()
+            got = (await conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})")).scalar()
+            await conn.commit()       # a session lock outlives the transaction; don't hold one open
             if not got:
-                raise SingletonBusy(f"'{name}' is running on another node")
+                raise busy(f"'{name}' is running on another node (PostgreSQL advisory lock held)")
             try:
                 yield
             finally:
-                await conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)" % lock_key(name))
+                await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                await conn.commit()
         return
-    path = Path(db.url.database or "kzpool.sqlite3").with_suffix(f".{name}.lock")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    path = db.url.database or ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield                         # a private in-memory database: no other process can see it
+        return
+    fd = os.open(f"{path}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SingletonBusy(f"'{name}' is running in another process") from None
+            raise busy(f"'{name}' is running in another process ({path}.{name}.lock is locked)") from None
         yield
     finally:
         os.close(fd)

@@ -80,9 +80,11 @@ class TemplateHub:
             if self.current is not None:
                 writer.write(frame(("template", self.current)))
             while True:
-                kind, request_id, block = await read_frame(reader)
+                kind, request_id, argument = await read_frame(reader)
                 if kind == "submit":
-                    asyncio.create_task(self._submit(writer, request_id, block))
+                    asyncio.create_task(self._submit(writer, request_id, argument))
+                elif kind == "confirmations":
+                    asyncio.create_task(self._confirmations(writer, request_id, argument))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -99,6 +101,16 @@ class TemplateHub:
             log.exception("hub_submit_failed")
             outcomes = [SubmitOutcome(self.source.name, None, error=str(exc))]
         writer.write(frame(("submitted", request_id, outcomes)))
+
+    async def _confirmations(self, writer: asyncio.StreamWriter, request_id: int, block_hash: str) -> None:
+        answer: int | None | dict[str, str]
+        try:
+            answer = await self.source.confirmations(block_hash)      # type: ignore[attr-defined]
+        except Exception as exc:
+            # Not "None": None means the chain never accepted the block, and that reverses credits.
+            log.exception("hub_confirmations_failed")
+            answer = {"error": type(exc).__name__}
+        writer.write(frame(("answer", request_id, answer)))
 
     async def close(self) -> None:
         if self._feed:
@@ -119,7 +131,7 @@ class RelayedTemplateSource:
         self.worker_index = worker_index
         self.metrics_port = metrics_port
         self._templates: asyncio.Queue[BlockTemplate] = asyncio.Queue()
-        self._pending: dict[int, asyncio.Future[list[SubmitOutcome]]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = count(1)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -137,7 +149,7 @@ class RelayedTemplateSource:
                 message = await read_frame(reader)
                 if message[0] == "template":
                     self._templates.put_nowait(message[1])
-                elif message[0] == "submitted":
+                elif message[0] in ("submitted", "answer"):
                     future = self._pending.pop(message[1], None)
                     if future is not None and not future.done():
                         future.set_result(message[2])
@@ -145,7 +157,7 @@ class RelayedTemplateSource:
             log.error("hub_connection_lost worker=%d", self.worker_index)
             for future in self._pending.values():
                 if not future.done():
-                    future.set_result([SubmitOutcome("hub", None, error="supervisor connection lost")])
+                    future.set_exception(ConnectionError("supervisor connection lost"))
 
     async def templates(self) -> AsyncIterator[BlockTemplate]:
         if not self._connected.is_set():
@@ -153,14 +165,27 @@ class RelayedTemplateSource:
         while True:
             yield await self._templates.get()
 
-    async def submit_block(self, block: bytes) -> list[SubmitOutcome]:
+    async def _ask(self, kind: str, argument: Any) -> Any:
         if self._writer is None:
-            return [SubmitOutcome("hub", None, error="not connected to the supervisor")]
+            raise ConnectionError("not connected to the supervisor")
         request_id = next(self._ids)
-        future: asyncio.Future[list[SubmitOutcome]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._writer.write(frame(("submit", request_id, block)))
+        self._writer.write(frame((kind, request_id, argument)))
         return await future
+
+    async def submit_block(self, block: bytes) -> list[SubmitOutcome]:
+        try:
+            return await self._ask("submit", block)
+        except ConnectionError as exc:
+            return [SubmitOutcome("hub", None, error=str(exc))]
+
+    async def confirmations(self, block_hash: str) -> int | None:
+        """The real source's answer, through the supervisor (payout maturity in worker 0)."""
+        answer = await self._ask("confirmations", block_hash)
+        if isinstance(answer, dict):
+            raise ConnectionError(f"the supervisor's source failed: {answer.get('error')}")
+        return answer
 
     async def close(self) -> None:
         if self._reader_task:
