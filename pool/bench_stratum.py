@@ -199,6 +199,8 @@ class Bench:
             self.result["server_rss_before_idle_mb"] = round(before.rss_kb / 1024, 1)
             self.result["server_rss_with_idle_mb"] = round(after.rss_kb / 1024, 1)
             if idle["ok"]:
+                # Accepting, subscribing and authorizing one connection (registry lookup, audit record).
+                self.result["server_cpu_us_per_connect"] = round((after.cpu_s - before.cpu_s) / idle["ok"] * 1e6, 1)
                 self.result["server_rss_per_idle_conn_kb"] = round((after.rss_kb - before.rss_kb) / idle["ok"], 2)
                 self.result["server_pss_per_idle_conn_kb"] = round((after.pss_kb - before.pss_kb) / idle["ok"], 2)
 
@@ -231,7 +233,7 @@ class Bench:
         if not self.args.py_spy or not self.pid:
             return None
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        cmd = [exe, "record", "--nonblocking", "--threads", "--format", "raw", "-d", str(max(1, int(seconds))),
+        cmd = [exe, "record", "--nonblocking", "--threads", "--format", "raw", "--rate", "250", "-d", str(max(1, int(seconds))),
                "-o", self.args.py_spy, "-p", str(self.pid)]
         if self.result.get("pool_workers", 1) > 1:
             cmd.append("--subprocesses")
