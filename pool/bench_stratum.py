@@ -35,6 +35,7 @@ from . import loadgen_server as srv
 from .loadgen_proc import ProcSpec, child_main
 
 FDS_PER_PROCESS_RESERVE = 300
+IDLE_SETTLE_S = 5.0           # after connecting, before the idle CPU window starts
 
 
 class Child:
@@ -189,12 +190,16 @@ class Bench:
         idle = self.open_connections("idle", a.idle, 1_000_000, 120 + a.idle / 50)
         time.sleep(2.0)                     # let the pool's allocations settle (authorization tasks, audit)
         after = self.usage()
-        time.sleep(a.idle_cpu_window)
-        quiet = self.usage()
+        quiet = settled = None
+        if a.idle_cpu_window > 0:
+            time.sleep(IDLE_SETTLE_S)       # the audit log's authorization records, handshake garbage
+            settled = self.usage()
+            time.sleep(a.idle_cpu_window)
+            quiet = self.usage()
         self.result["idle_connections"] = idle
-        if after and quiet and a.idle_cpu_window > 0:
-            # What holding the idle connections costs with nothing happening (timer sweeps, audit).
-            self.result["server_cpu_cores_idle"] = round((quiet.cpu_s - after.cpu_s) / (quiet.at - after.at), 3)
+        if settled and quiet:
+            # What holding the idle connections costs with nothing happening (timer sweeps).
+            self.result["server_cpu_cores_idle"] = round((quiet.cpu_s - settled.cpu_s) / (quiet.at - settled.at), 3)
         if before and after:
             self.result["server_rss_before_idle_mb"] = round(before.rss_kb / 1024, 1)
             self.result["server_rss_with_idle_mb"] = round(after.rss_kb / 1024, 1)
