@@ -96,6 +96,11 @@ class CurtailmentEnforcer:
             self._memo[login] = self._judge(login)
         return self._memo[login]
 
+    @property
+    def blocked_count(self) -> int:
+        """Logins the enforcer is withholding from work now (for the metrics)."""
+        return len(self._blocked)
+
     def work_allowed(self, login: str) -> bool:
         return self.blocked_reason(login) is None
 

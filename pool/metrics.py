@@ -110,6 +110,39 @@ class PoolCollector(Collector):
         yield from self._share_log(getattr(app.sink, "store", None))
         yield from self._logins()
         yield from self._histograms(app)
+        yield from self._compliance(app)
+
+    @staticmethod
+    def _compliance(app: "PoolApp") -> Iterator[Metric]:
+        refused = counter("kzpool_authorize_refusals", "Authorizations refused, by reason (licence, address, "
+                          "curtailment, accreditation ...)", labels=["reason"])
+        for reason, n in sorted(app.server.stats.authorize_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        audit = getattr(app, "audit", None)
+        if audit is not None:
+            seq, _ = audit.head()
+            yield gauge("kzpool_audit_head_seq", "Sequence number of the audit log's newest committed record", seq)
+            yield counter("kzpool_audit_records_dropped", "Audit records dropped while the database was away "
+                          "(each gap is itself recorded)", audit.dropped_total)
+            yield gauge("kzpool_audit_queue_depth", "Audit records waiting to be committed", audit.queue_depth)
+        rules = getattr(app, "rules", None)
+        if rules is None:
+            return
+        latest = rules.attestor.latest
+        state = gauge("kzpool_location_attestation", "This node's latest location verdict (1 for the current "
+                      "one)", labels=["verdict", "mode"])
+        state.add_metric([latest.verdict if latest else "pending", rules.attestor.mode], 1)
+        yield state
+        yield gauge("kzpool_node_may_work", "1 while this node may hand out work (0: attestation failed in "
+                    "enforce mode)", 1 if rules.node_may_work() else 0)
+        status = rules.accreditation.status
+        acc = gauge("kzpool_accreditation_days_left", "Days until the pool's accreditation expires (Kazakhstan "
+                    "time)", labels=["state"])
+        acc.add_metric([status.state], status.days_left if status.days_left is not None else -1)
+        yield acc
+        yield gauge("kzpool_curtailed_logins", "Logins withheld from work now (curtailment, schedule or quota)",
+                    rules.curtailment.blocked_count)
 
     @staticmethod
     def _build_info(app: "PoolApp") -> Metric:

@@ -62,6 +62,7 @@ class ServerStats:
     connections_opened: int = 0
     connections_closed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_fanout_s: float = 0.0
+    authorize_refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # by reason
     submit_latencies: list[float] = field(default_factory=list)   # drained by the exporter
 
 
@@ -239,6 +240,7 @@ class StratumServer:
             log.exception("authorizer_failed conn=%d", conn.id)
             result = Refusal("internal_error", "Authorization is unavailable, try again later")
         if isinstance(result, Refusal):
+            self.stats.authorize_refused[result.reason] += 1
             log.info("authorize_refused conn=%d reason=%s", conn.id, result.reason)
         else:
             log.info("authorized conn=%d login=%s", conn.id, result.login)
