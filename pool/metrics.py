@@ -95,6 +95,14 @@ def counter(name: str, doc: str, value: float | None = None, labels: Iterable[st
     return CounterMetricFamily(name, doc, value=value, labels=None if value is not None else list(labels))
 
 
+# The refusal reasons of the authorizers and gates (compliance/authorizer.py, standing.py,
+# curtailment.py, work_gate.py, accreditation.py, pool/allowlist_auth.py).
+REFUSAL_REASONS = ("unknown_login", "licence_expired", "licence_suspended", "licence_revoked",
+                   "licence_not_yet_valid", "address_outside_datacentre", "address_not_allowed",
+                   "registry_unavailable", "curtailed", "quota_used_up", "outside_schedule",
+                   "location_attestation_failed", "accreditation_expired", "internal_error")
+
+
 class PoolCollector(Collector):
     def __init__(self, metrics: PoolMetrics) -> None:
         self.metrics = metrics
@@ -116,8 +124,10 @@ class PoolCollector(Collector):
     def _compliance(app: "PoolApp") -> Iterator[Metric]:
         refused = counter("kzpool_authorize_refusals", "Authorizations refused, by reason (licence, address, "
                           "curtailment, accreditation ...)", labels=["reason"])
-        for reason, n in sorted(app.server.stats.authorize_refused.items()):
-            refused.add_metric([reason], n)
+        seen = app.server.stats.authorize_refused
+        # Every known reason is exported from zero, so rate() and alerts see a series before the first one.
+        for reason in sorted(set(REFUSAL_REASONS) | set(seen)):
+            refused.add_metric([reason], seen.get(reason, 0))
         yield refused
         audit = getattr(app, "audit", None)
         if audit is not None:

@@ -151,3 +151,13 @@ async def test_every_query_uses_only_exported_metrics(tmp_path: Path):
     assert not unknown, "\n".join(sorted(unknown))
     assert all(metric_names(q.expr) for q in queries), "a query that selects no metric"
     assert all(n.startswith("kzpool_") for n in exported - PROMETHEUS_OWN)
+
+
+def test_refusal_reasons_exported_from_zero_are_the_ones_the_code_uses():
+    from compliance import accreditation, authorizer, curtailment, standing, work_gate
+    from pool.metrics import REFUSAL_REASONS
+    used = {authorizer.UNKNOWN_LOGIN, authorizer.OUTSIDE_DATACENTRE, authorizer.REGISTRY_UNAVAILABLE,
+            standing.EXPIRED, standing.SUSPENDED, standing.REVOKED, standing.NOT_YET_VALID,
+            curtailment.CURTAILED, curtailment.QUOTA_USED_UP, curtailment.OUTSIDE_SCHEDULE,
+            work_gate.NODE_LOCATION_FAILED, accreditation.ACCREDITATION_EXPIRED}
+    assert used <= set(REFUSAL_REASONS)
