@@ -22,7 +22,7 @@ from compliance.registry import LicenceRegistry
 from compliance.watcher import LicenceWatcher
 from compliance.work_gate import GatedAuthorizer
 from payouts.block_tracker import BlockTracker
-from payouts.ledger import Ledger
+from payouts.ledger import Ledger, parse_miner_account
 from payouts.pps import PpsCreditor, TemplateRates
 from payouts.settings import payout_settings
 from stratum.jobs import Job
@@ -178,6 +178,22 @@ class PoolApp:
                 interval_s=p.pps_interval_s,
                 settled=lambda: not self.share_log.spilling and self.share_log.spill_bytes == 0)
         self._runs_payout_loops = (self.worker is None or self.worker.index == 0) and confirmations is not None
+        self.ledger_totals: dict[str, int] = {}     # account (miners summed by bucket) -> satoshis
+        self._ledger_task: asyncio.Task[None] | None = None
+
+    async def _refresh_ledger_totals(self, interval_s: float = 30.0) -> None:
+        """Ledger totals for the metrics (the collector is synchronous; the ledger is in the database)."""
+        while True:
+            try:
+                totals: dict[str, int] = {}
+                for account, balance in (await self.ledger.balances()).items():
+                    miner = parse_miner_account(account)
+                    key = f"miners:{miner[1]}" if miner else account
+                    totals[key] = totals.get(key, 0) + balance.amount
+                self.ledger_totals = totals
+            except Exception:
+                log.exception("ledger_totals_failed")
+            await asyncio.sleep(interval_s)
 
     def _refusal_backoff(self) -> RefusalBackoff:
         c = self.cfg.compliance
@@ -225,6 +241,7 @@ class PoolApp:
         if self.registry is not None and self.cfg.mode == "demo" and self.worker is None:
             await seed_demo_registry(self.registry)
         await self.share_log.start()
+        self._ledger_task = asyncio.create_task(self._refresh_ledger_totals(), name="ledger-totals")
         if self._runs_payout_loops:
             self.block_tracker.start()
             if self.pps is not None:
@@ -261,6 +278,8 @@ class PoolApp:
         await self.jobs.stop()
         await self.server.shutdown()
         await self.sink.drain()
+        if self._ledger_task is not None:
+            self._ledger_task.cancel()
         if self._runs_payout_loops:
             await self.block_tracker.stop()
             if self.pps is not None:

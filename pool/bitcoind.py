@@ -32,7 +32,7 @@ from hashlib import sha256
 from typing import AsyncIterator, Awaitable, Sequence
 
 from .node_health import Backoff, NodeHealth
-from .node_rpc import NodeError, NodeUnreachable, RpcClient, RpcError, RpcTimeout
+from .node_rpc import RpcStats, NodeError, NodeUnreachable, RpcClient, RpcError, RpcTimeout
 from .template import BlockTemplate, SubmitOutcome, TemplateError
 from .zmq_listener import watch_hashblock, zmq_available
 
@@ -92,6 +92,10 @@ class BitcoindSource:
         log.info("bitcoind_source nodes=%s zmq=%s poll_interval_s=%g refresh_s=%g timeout_s=%g "
                  "longpoll_timeout_s=%g backoff_max_s=%g", ",".join(n.health.name for n in self._nodes),
                  self._use_zmq, poll_interval_s, refresh_s, timeout_s, longpoll_timeout_s, backoff_max_s)
+
+    def rpc_stats(self) -> list[tuple[str, "RpcStats"]]:
+        """Each node's RPC call statistics (latencies and errors), for the metrics."""
+        return [(node.rpc.name, node.rpc.stats) for node in self._nodes]
 
     def health(self) -> list[NodeHealth]:
         return [dataclasses.replace(node.health) for node in self._nodes]

@@ -66,6 +66,12 @@ class PoolMetrics:
         self.submit_latency = Histogram("kzpool_share_submit_seconds", "Time from a share's arrival to its "
                                         "durable acceptance (the `true` reply)", buckets=SUBMIT_BUCKETS,
                                         registry=None)
+        self.node_rpc_latency = Histogram("kzpool_node_rpc_seconds", "Bitcoin Core RPC call latency by node "
+                                          "and method (long polls excluded)", ["node", "method"],
+                                          buckets=RPC_BUCKETS, registry=None)
+        self.sharelog_commit = Histogram("kzpool_sharelog_commit_seconds", "Duration of share-log batch commits "
+                                         "(what an accepted share waits for before `true`)",
+                                         buckets=RPC_BUCKETS, registry=None)
         self.registry = CollectorRegistry()
         self.registry.register(PoolCollector(self))
         ProcessCollector(namespace="kzpool", registry=self.registry)    # open fds vs the limit, memory, CPU
@@ -94,6 +100,8 @@ def gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str]
 def counter(name: str, doc: str, value: float | None = None, labels: Iterable[str] = ()) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value, labels=None if value is not None else list(labels))
 
+
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # The refusal reasons of the authorizers and gates (compliance/authorizer.py, standing.py,
 # curtailment.py, work_gate.py, accreditation.py, pool/allowlist_auth.py).
@@ -136,6 +144,14 @@ class PoolCollector(Collector):
             yield counter("kzpool_audit_records_dropped", "Audit records dropped while the database was away "
                           "(each gap is itself recorded)", audit.dropped_total)
             yield gauge("kzpool_audit_queue_depth", "Audit records waiting to be committed", audit.queue_depth)
+        totals = getattr(app, "ledger_totals", None)
+        if totals is not None:
+            ledger = gauge("kzpool_ledger_balance_satoshis", "Ledger balances in satoshis: the pool's and the "
+                           "chain's accounts, miners summed by bucket (immature, available, frozen)",
+                           labels=["account"])
+            for account in sorted(set(totals) | {"miners:immature", "miners:available", "miners:frozen"}):
+                ledger.add_metric([account], totals.get(account, 0))
+            yield ledger
         rules = getattr(app, "rules", None)
         if rules is None:
             return
@@ -286,5 +302,26 @@ class PoolCollector(Collector):
         for seconds in taken:
             self.metrics.submit_latency.observe(seconds)
         yield from self.metrics.submit_latency.collect()
+        store = getattr(app.sink, "store", None)
+        commits = getattr(store, "commit_latencies", None)
+        if commits is not None:
+            taken = commits[:MAX_DRAIN]
+            del commits[:len(taken)]
+            for seconds in taken:
+                self.metrics.sharelog_commit.observe(seconds)
+            yield from self.metrics.sharelog_commit.collect()
+        rpc_stats = getattr(app.source, "rpc_stats", None)
+        if rpc_stats is not None:
+            errors = counter("kzpool_node_rpc_errors", "Failed Bitcoin Core RPC calls by node, method and error",
+                             labels=["node", "method", "error"])
+            for node, stats in rpc_stats():
+                taken = stats.latencies[:MAX_DRAIN]
+                del stats.latencies[:len(taken)]
+                for method, seconds in taken:
+                    self.metrics.node_rpc_latency.labels(node, method).observe(seconds)
+                for (method, error), n in sorted(stats.errors.items()):
+                    errors.add_metric([node, method, error], n)
+            yield errors
+            yield from self.metrics.node_rpc_latency.collect()
         yield from self.metrics.timer.tip_to_notify.collect()
         yield from self.metrics.timer.fanout.collect()

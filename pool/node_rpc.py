@@ -15,6 +15,9 @@ import asyncio
 import base64
 import json
 import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -67,6 +70,18 @@ class _Conn:
         self.writer.close()
 
 
+@dataclass
+class RpcStats:
+    """Per-client call latencies and errors, drained by the metrics collector at each scrape."""
+    errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))   # (method, error)
+    latencies: list[tuple[str, float]] = field(default_factory=list)
+    max_kept: int = 10_000           # a scrape that never comes must not grow this without bound
+
+    def observe(self, method: str, seconds: float) -> None:
+        if len(self.latencies) < self.max_kept:
+            self.latencies.append((method, seconds))
+
+
 class RpcClient:
     """One Bitcoin Core node. Concurrent calls each get their own keep-alive connection."""
 
@@ -80,6 +95,7 @@ class RpcClient:
         self.path = parts.path or "/"
         self.name = f"{self.host}:{self.port}{'' if self.path == '/' else self.path}"
         self.timeout_s = timeout_s
+        self.stats = RpcStats()
         # Precedence: explicit user/password, then credentials in the URL, then the cookie file.
         if user is None and parts.username is not None:
             user, password = unquote(parts.username), unquote(parts.password or "")
@@ -91,6 +107,18 @@ class RpcClient:
 
     async def call(self, method: str, *params: Any, timeout_s: float | None = None) -> Any:
         """Call `method` with positional params; return `result` or raise a NodeError."""
+        started = time.perf_counter()
+        try:
+            result = await self._call(method, *params, timeout_s=timeout_s)
+        except NodeError as exc:
+            self.stats.errors[(method, type(exc).__name__)] += 1
+            raise
+        # A long poll waits for the next block by design: its duration is not the node's latency.
+        if timeout_s is None or timeout_s <= self.timeout_s:
+            self.stats.observe(method, time.perf_counter() - started)
+        return result
+
+    async def _call(self, method: str, *params: Any, timeout_s: float | None = None) -> Any:
         if self._closed:
             raise NodeUnreachable(f"{self.name}: client closed")
         timeout = self.timeout_s if timeout_s is None else timeout_s

@@ -136,6 +136,7 @@ class ShareLog:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.last_commit_latency_s = 0.0
+        self.commit_latencies: list[float] = []   # drained by the metrics at each scrape (bounded)
         self._commits = 0
 
     @property
@@ -247,6 +248,8 @@ class ShareLog:
             error = ShareLogUnavailable(f"share log failed: {type(exc).__name__}")
         finally:
             self.last_commit_latency_s = time.perf_counter() - started
+            if len(self.commit_latencies) < 10_000:
+                self.commit_latencies.append(self.last_commit_latency_s)
             self._in_flight -= len(batch.rows)
             self._idle_writers.put_nowait(writer)
             batch.settle(error)
