@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import audit_events
 from .power_plan import setting
 from .standing import Clock, kz_today, utc_now
+from .background_task import stop_background_task
 
 log = logging.getLogger("kzpool.compliance.accreditation")
 
@@ -134,10 +135,5 @@ class AccreditationGuard:
             self.check()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_background_task(self._task)
+        self._task = None

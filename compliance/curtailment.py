@@ -38,6 +38,7 @@ from .energy_accounting import datacentres_of
 from .models import Licence
 from .schedule import ScheduleBook, kz_hour
 from .standing import Clock, kz_today, utc_now
+from .background_task import stop_background_task
 
 log = logging.getLogger("kzpool.compliance.curtailment")
 
@@ -126,13 +127,8 @@ class CurtailmentEnforcer:
         self._task = asyncio.create_task(self._run(), name="curtailment")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_background_task(self._task)
+        self._task = None
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

@@ -30,6 +30,7 @@ from .power_models import EnergyHour
 from .power_plan import ElectricityPlan
 from .schedule import ScheduleBook, kz_hour, load_day_ahead
 from .standing import Clock, utc_now
+from .background_task import stop_background_task
 
 log = logging.getLogger("kzpool.compliance.energy")
 
@@ -188,10 +189,5 @@ class EnergyAccountant:
                 log.warning("event=energy_update_failed error=%s", type(exc).__name__)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_background_task(self._task)
+        self._task = None

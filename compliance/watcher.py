@@ -25,6 +25,7 @@ from typing import Callable
 from .authorizer import RegistryAuthorizer
 from .registry import LicenceRegistry
 from .standing import Clock, LicenceDates, kz_today, standing, utc_now
+from .background_task import stop_background_task
 
 log = logging.getLogger("kzpool.compliance.watcher")
 
@@ -58,13 +59,8 @@ class LicenceWatcher:
         self._task = asyncio.create_task(self._run(), name="licence-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_background_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
