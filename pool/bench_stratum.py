@@ -95,6 +95,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "so that each stays under its open-file limit)")
     p.add_argument("--source-addrs", type=int, default=-1, help="bind client sockets to 127.0.0.2 .. "
                    "127.0.0.K+1 (default: one per 25,000 connections, none below that)")
+    p.add_argument("--max-in-flight", type=int, default=100_000, help="most submits awaiting a reply, over "
+                   "all processes; a due share beyond it is skipped and counted as throttled (default "
+                   "100000: open loop; a few thousand measures capacity without an unbounded backlog)")
     p.add_argument("--difficulty", type=float, default=1e-9, help="share difficulty the pool is started "
                    "with (min = start = max); 1e-9 makes about 1 hash in 4 a share (default)")
     p.add_argument("--simnet-bits", default="1f00ffff", help="simulated chain nBits, easy enough for the "
@@ -104,6 +107,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "when the pool supports it")
     p.add_argument("--server-args", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra --set for the pool (repeatable)")
+    p.add_argument("--postgres", metavar="ADMIN_DSN", help="store shares in a scratch PostgreSQL database "
+                   "created through ADMIN_DSN (e.g. postgresql://postgres@127.0.0.1:5432/test) and dropped "
+                   "afterwards; the database server's CPU is reported too when it runs on this machine")
     p.add_argument("--connect", metavar="HOST:PORT", help="use a running pool instead of starting one")
     p.add_argument("--server-pid", type=int, help="with --connect: the pool's pid, for CPU and memory")
     p.add_argument("--py-spy", metavar="FILE", help="profile the pool with py-spy during the measured window "
@@ -129,6 +135,8 @@ class Bench:
         self.children: list[Child] = []
         self.notes: list[str] = []
         self.metrics_port = 0
+        self.scratch_db: srv.ScratchPostgres | None = None
+        self.db_pid: int | None = None
 
     # ---- setup ---------------------------------------------------------------------------------
     def start_pool(self, workdir: Path) -> tuple[str, int]:
@@ -137,7 +145,12 @@ class Bench:
             host, _, port = a.connect.rpartition(":")
             return host or "127.0.0.1", int(port)
         port, self.metrics_port = srv.free_port(), srv.free_port()
-        sets = srv.default_overrides(port, self.metrics_port, a.difficulty, a.simnet_bits) + list(a.server_args)
+        sets = srv.default_overrides(port, self.metrics_port, a.difficulty, a.simnet_bits)
+        if a.postgres:
+            self.scratch_db = srv.ScratchPostgres(a.postgres)
+            sets.append(f'database.url="{self.scratch_db.create()}"')
+            self.db_pid = self.scratch_db.postmaster_pid
+        sets += list(a.server_args)
         workers = a.workers
         if workers and not srv.supports_workers():
             self.notes.append(f"--workers {workers} ignored: this kzpool run has no --workers option")
@@ -157,12 +170,14 @@ class Bench:
         k = a.source_addrs if a.source_addrs >= 0 else (math.ceil(total / 25_000) if total > 25_000 else 0)
         sources = tuple(f"127.0.0.{i + 2}" for i in range(k))
         self.result["config"] = {"miners": a.miners, "idle": a.idle, "rate": a.rate, "duration_s": a.duration,
-                                 "warmup_s": a.warmup, "processes": procs, "source_addrs": list(sources),
+                                 "warmup_s": a.warmup, "processes": procs, "max_in_flight": a.max_in_flight, "source_addrs": list(sources),
                                  "difficulty": a.difficulty, "simnet_bits": a.simnet_bits,
                                  "server_args": list(a.server_args), "connect": a.connect,
-                                 "workdir_base": a.workdir_base or tempfile.gettempdir()}
+                                 "workdir_base": a.workdir_base or tempfile.gettempdir(),
+                                 "database": "postgresql (scratch)" if a.postgres else "sqlite (default)"}
         ctx = multiprocessing.get_context("spawn")
-        self.children = [Child(ctx, ProcSpec(i, host, port, sources)) for i in range(procs)]
+        in_flight = max(1, a.max_in_flight // procs)
+        self.children = [Child(ctx, ProcSpec(i, host, port, sources, in_flight)) for i in range(procs)]
 
     def usage(self) -> srv.Usage | None:
         return srv.usage(self.pid) if self.pid else None
@@ -222,6 +237,7 @@ class Bench:
         active = [c for c, n in zip(self.children, split(a.miners, len(self.children))) if n] if rate else []
         profiler = self.start_profiler(seconds) if measured else None
         start = self.usage()
+        db_start = srv.usage(self.db_pid) if self.db_pid else None
         for child, r in zip(active, split_rate(rate, len(active))):
             child.send("rate", r, seconds)
         fanout = None
@@ -230,9 +246,11 @@ class Bench:
             fanout = self.fanout()
         reports = [c.wait("rate", seconds + 60) for c in active]
         end = self.usage()
+        db_end = srv.usage(self.db_pid) if self.db_pid else None
         if profiler is not None:
             profiler.wait(60)
-        return {"reports": [r[1] for r in reports], "start": start, "end": end, "fanout": fanout}
+        return {"reports": [r[1] for r in reports], "start": start, "end": end, "fanout": fanout,
+                "db": (db_start, db_end)}
 
     def start_profiler(self, seconds: float) -> subprocess.Popen | None:
         if not self.args.py_spy or not self.pid:
@@ -317,6 +335,10 @@ class Bench:
                      server_cpu_us_per_share=round(cpu / accepted * 1e6, 1),
                      server_cpu_us_per_share_by_thread={k: round((end.threads[k] - start.threads[k]) / accepted * 1e6, 1)
                                                         for k in end.threads})
+            db_start, db_end = window["db"]
+            if db_start and db_end:
+                # Every process of the database server, other users' sessions included.
+                r["database_cpu_us_per_share"] = round((db_end.cpu_s - db_start.cpu_s) / accepted * 1e6, 1)
 
     def finish(self) -> None:
         u = self.usage()
@@ -340,6 +362,11 @@ class Bench:
             code = self.pool.stop()
             if code not in (0, None):
                 self.notes.append(f"pool exited with {code}: {self.pool.stderr_tail(500)}")
+        if self.scratch_db is not None:
+            try:
+                self.scratch_db.drop()
+            except Exception as exc:       # the result stands; say what was left behind
+                self.notes.append(f"scratch database {self.scratch_db.name} not dropped: {exc}")
 
 
 def by_second(sent_at: list[float], latencies: list[float]) -> list[dict[str, float]]:
@@ -390,7 +417,9 @@ def format_text(r: dict[str, Any]) -> str:
         lines.append(f"  server CPU {r['server_cpu_s']} s (user {r['server_user_s']} sys {r['server_sys_s']}; "
                      f"{r['server_cpu_cores']} cores) = "
                      f"{r['server_cpu_us_per_share']} us per accepted share {r['server_cpu_us_per_share_by_thread']}; generator "
-                     f"{r['generator_cpu_us_per_share']} us/share")
+                     f"{r['generator_cpu_us_per_share']} us/share"
+                     + (f"; database server {r['database_cpu_us_per_share']} us/share"
+                        if "database_cpu_us_per_share" in r else ""))
     if "notify_fanout_ms" in r:
         f = r["notify_fanout_ms"]
         lines.append(f"  notify fan-out ms p50 {f.get('p50')} p99 {f.get('p99')} max {f.get('max')} "

@@ -222,6 +222,46 @@ def usage(pid: int) -> Usage:
     return Usage(time.monotonic(), *cpu_seconds(pids), rss, pss, len(pids), thread_cpu_seconds(pids))
 
 
+class ScratchPostgres:
+    """A fresh PostgreSQL database for one run (the pool migrates it at start in demo mode), dropped
+    afterwards; `postmaster_pid` is set when the server runs on this machine, so its CPU can be read."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.name = f"kzbench_{os.getpid()}"
+        self.postmaster_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        base = self.admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        return f"{base}/{self.name}"
+
+    def _run(self, *statements: str) -> int | None:
+        """Runs the statements; returns the postmaster's pid when the server is on this machine (the
+        parent of our backend process, read while the backend still exists)."""
+        import asyncio
+
+        import asyncpg
+
+        async def go() -> int | None:
+            conn = await asyncpg.connect(self.admin_dsn)
+            try:
+                for sql in statements:
+                    await conn.execute(sql)
+                fields = _stat_fields(int(await conn.fetchval("SELECT pg_backend_pid()")))
+                return int(fields[1]) if fields is not None else None
+            finally:
+                await conn.close()
+        return asyncio.run(go())
+
+    def create(self) -> str:
+        self.postmaster_pid = self._run(f"DROP DATABASE IF EXISTS {self.name}", f"CREATE DATABASE {self.name}")
+        return self.url
+
+    def drop(self) -> None:
+        self._run(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
