@@ -221,6 +221,8 @@ class Bench:
             if idle["ok"]:
                 # Accepting, subscribing and authorizing one connection (registry lookup, audit record).
                 self.result["server_cpu_us_per_connect"] = round((after.cpu_s - before.cpu_s) / idle["ok"] * 1e6, 1)
+                self.result["server_cpu_us_per_connect_by_thread"] = {
+                    k: round((after.threads[k] - before.threads[k]) / idle["ok"] * 1e6, 1) for k in after.threads}
                 self.result["server_rss_per_idle_conn_kb"] = round((after.rss_kb - before.rss_kb) / idle["ok"], 2)
                 self.result["server_pss_per_idle_conn_kb"] = round((after.pss_kb - before.pss_kb) / idle["ok"], 2)
 
