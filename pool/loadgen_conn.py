@@ -26,10 +26,11 @@ from stratum.jobs import prevhash_from_stratum_hex
 
 from .hashing import dsha256, merkle_root_from_branch
 
-try:
-    from ._kzhash import hash_headers as _c_hash_headers
-except ImportError:              # no C extension: hashlib, slower but the same answers
-    _c_hash_headers = None
+from .native import load_extension
+
+# The C extension's hash_headers, or hashlib when it is missing or KZPOOL_NO_C=1: slower, same answers.
+_kzhash, _ = load_extension()
+_c_hash_headers = _kzhash.hash_headers if _kzhash is not None else None
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 WORKER = "demo.bench"
@@ -170,7 +171,7 @@ class MinerConn(asyncio.Protocol):
 
     def _on_reply(self, msg: dict, now: float) -> None:
         msg_id = msg.get("id")
-        sent = self.pending.pop(msg_id, None)
+        sent = self.pending.pop(msg_id, None) if isinstance(msg_id, int) else None
         if sent is not None:
             st = self.stats
             st.in_flight -= 1

@@ -92,7 +92,8 @@ class Runner:
             exc = task.exception()
             self.pipe.send(("error", f"{type(exc).__name__}: {exc}"))
 
-    async def _open(self, n: int, first: int, cls: type, into: list) -> tuple[int, int, float, list[str]]:
+    async def _open(self, n: int, first: int, cls: type, into: list) -> tuple[int, int, float,
+                                                                              list[tuple[str, int]]]:
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
         errors: dict[str, int] = {}
@@ -152,7 +153,8 @@ class Runner:
             await asyncio.sleep(0.01)
         self.pipe.send(("rate", {
             "sent": st.sent, "accepted": st.accepted, "rejected": dict(st.rejected), "throttled": throttled,
-            "unanswered": st.in_flight, "submit_seconds": submitted_for, "drained_seconds": st.last_reply - started, "latencies": st.latencies.tobytes(),
+            "unanswered": st.in_flight, "submit_seconds": submitted_for,
+            "drained_seconds": st.last_reply - started, "latencies": st.latencies.tobytes(),
             "sent_at": (array("d", (t - started for t in st.sent_at))).tobytes(),
             "generator_cpu_s": self_cpu_s() - cpu0}))
 
@@ -190,7 +192,8 @@ class Runner:
         self.pipe.send(("fanout", self.stats.notify_arrivals.tobytes(), armed, replies))
 
     async def cmd_close(self) -> None:
-        for conn in [*self.idle, *self.miners]:
+        conns: list[IdleConn | MinerConn] = [*self.idle, *self.miners]
+        for conn in conns:
             if conn.transport is not None:
                 conn.transport.abort()
         await asyncio.sleep(0.1)
@@ -201,6 +204,7 @@ class Runner:
 def child_main(pipe: Any, spec: ProcSpec) -> None:
     """multiprocessing target: one event loop for this process's miners."""
     raise_nofile()
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
         loop = uvloop.new_event_loop()

@@ -52,7 +52,8 @@ def tip_to_notify(metrics_port: int) -> dict[str, tuple[float, float]]:
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m:
-            worker = (re.search(r'worker="([^"]*)"', m.group(2) or "") or [None, "0"])[1]
+            label = re.search(r'worker="([^"]*)"', m.group(2) or "")
+            worker = label.group(1) if label else "0"
             pair = out.setdefault(worker, [0.0, 0.0])
             pair[0 if m.group(1).endswith("_sum") else 1] = float(m.group(3))
     return {k: (v[0], v[1]) for k, v in out.items()}
@@ -241,7 +242,7 @@ class ScratchPostgres:
         parent of our backend process, read while the backend still exists)."""
         import asyncio
 
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         async def go() -> int | None:
             conn = await asyncpg.connect(self.admin_dsn)
@@ -266,6 +267,12 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def nofile_hard() -> int:
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else hard
+
+
 def machine() -> dict[str, object]:
     model = ""
     try:
@@ -274,7 +281,6 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     mem_kb = _kb_field("/proc/meminfo", "MemTotal:")
-    import resource
     return {"cpu_model": model, "cpus": os.cpu_count(), "mem_gib": round(mem_kb / 2**20, 1),
             "kernel": os.uname().release, "python": sys.version.split()[0],
-            "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
+            "nofile_hard": nofile_hard()}
