@@ -81,6 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "hashing":
         from .bench_hashing import main as bench_main
         return bench_main(args.rest)
+    if args.what == "stratum":
+        from .bench_stratum import main as stratum_main
+        return stratum_main(args.rest)
     print(f"kzpool: unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
 
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
-    bench.add_argument("what", choices=["hashing"])
+    bench.add_argument("what", choices=["hashing", "stratum"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -17,6 +17,7 @@ def target_for_difficulty(difficulty: float) -> int:
     return min(target, MAX_TARGET)
 
 
+@lru_cache(maxsize=256)
 def difficulty_for_target(target: int) -> float:
     if target <= 0:
         raise ValueError("target must be positive")

@@ -303,7 +303,11 @@ class Session:
         if self.state != State.AUTHORIZED or self.closed:
             return None
         self.vardiff.set_network_ceiling(difficulty_for_target(job.network_target))
-        if job.clean_jobs or len(self._job_difficulty) > 2 * self.jobs.max_jobs:
+        if job.clean_jobs:
+            # A clean job empties the book: every job this session knew is gone.
+            self._job_difficulty = {}
+            self._job_alias = {}
+        elif len(self._job_difficulty) > 2 * self.jobs.max_jobs:
             # Forget jobs the book no longer holds: a long-lived tip with refreshes must not grow this.
             self._job_difficulty = {k: v for k, v in self._job_difficulty.items()
                                     if self._job_alias.get(k, k) in self.jobs}
