@@ -105,7 +105,7 @@ class PoolApp:
         if worker is not None:
             source = RelayedTemplateSource(worker.hub_path, worker.index)
         self.source = source or build_source(cfg)
-        self.db = Database(cfg.database.url)
+        self.db = Database(cfg.database.url, background_checkpoint=True)
         a = cfg.audit
         # Production refuses to start without its key; the embedded default makes one on first start.
         self.audit_key = load_or_create_signing_key(a.key_file, create_if_missing=cfg.mode != "production")
@@ -236,6 +236,7 @@ class PoolApp:
         if self.cfg.node.source == "simnet":
             log.warning("simulated_chain%s", SIMNET_BANNER)
         await self._prepare_database()
+        self.db.start_checkpointer()
         await self.audit.start()
         self.audit.record(audit_events.POOL_START, audit_events.pool_start(
             redacted(self.cfg), version=__version__, key_id=self.audit_key.key_id))

@@ -8,6 +8,7 @@ cheap (one per batch, ~0.2 ms on this machine).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ UPGRADE_COMMAND = "kzpool db upgrade"
 # After a checkpoint lets the WAL start over, its file is cut back to this size: a big transaction
 # (a compaction chunk) must not leave a huge WAL file behind for good.
 SQLITE_WAL_LIMIT_BYTES = 64 * 2**20
+
+
+def _disable_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
 
 
 class SchemaError(RuntimeError):
@@ -77,13 +84,21 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Owns the AsyncEngine for one database URL. Create once at start, `close()` at shutdown."""
 
-    def __init__(self, url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 5,
+                 background_checkpoint: bool = False) -> None:
         self.url: URL = make_url(url)
         self.dialect: str = self.url.get_backend_name()
+        self._checkpointer: asyncio.Task[None] | None = None
+        # SQLite's automatic WAL checkpoint runs inside whichever commit crosses the threshold: a
+        # share-log commit then stalls for the whole checkpoint (the load benchmark's p99 tail). A
+        # long-running pool turns it off and checkpoints on a timer instead (`start_checkpointer`).
+        self.background_checkpoint = background_checkpoint and self.dialect == "sqlite"
         if self.dialect == "sqlite":
             self._create_sqlite_dir()
             self.engine: AsyncEngine = create_async_engine(self.url)
             event.listen(self.engine.sync_engine, "connect", _set_sqlite_pragmas)
+            if self.background_checkpoint:
+                event.listen(self.engine.sync_engine, "connect", _disable_autocheckpoint)
         elif self.dialect == "postgresql":
             # pre_ping replaces connections that died while the server was away.
             self.engine = create_async_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
@@ -149,5 +164,35 @@ class Database:
         log.info("event=db_upgrade database=%s from=%s to=%s", self.safe_url, before,
                  await self.current_revision())
 
+    def start_checkpointer(self, interval_s: float = 1.0) -> None:
+        """PASSIVE checkpoints on a timer (never blocks writers; what a commit would otherwise do)."""
+        if self.background_checkpoint and self._checkpointer is None:
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop(interval_s), name="wal-checkpoint")
+
+    async def _checkpoint_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                async with self.engine.connect() as conn:
+                    await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event=wal_checkpoint_failed error=%s", type(exc).__name__)
+
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            try:
+                await self._checkpointer
+            except asyncio.CancelledError:
+                pass
+            self._checkpointer = None
+            if self.background_checkpoint:
+                # Leave a short WAL behind: one full checkpoint now that the pool has stopped writing.
+                try:
+                    async with self.engine.connect() as conn:
+                        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                except Exception as exc:
+                    log.warning("event=wal_checkpoint_failed error=%s", type(exc).__name__)
         await self.engine.dispose()

@@ -319,3 +319,26 @@ def test_record_from_an_accepted_share() -> None:
     assert record.share_hash == bytes(range(32))[::-1].hex() and not record.is_block
     assert (record.extranonce1, record.extranonce2, record.nonce) == ("0badcafe", "00000001", 0xDEADBEEF)
     assert peer_text("2001:db8::7", 3333) == "[2001:db8::7]:3333"
+
+
+async def test_background_checkpoint_keeps_the_wal_short(tmp_path):
+    """With the automatic checkpoint off (no stall inside a share commit), the timer still moves
+    the WAL into the database, and close() leaves it truncated."""
+    import os
+    from pool.db import Database
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/ckpt.sqlite3", background_checkpoint=True)
+    await db.upgrade()
+    db.start_checkpointer(interval_s=0.05)
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE filler (x BLOB)")
+        for _ in range(200):
+            await conn.exec_driver_sql("INSERT INTO filler VALUES (randomblob(4096))")
+    async with db.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+    await asyncio.sleep(0.3)
+    async with db.engine.connect() as conn:
+        busy, log_frames, checkpointed = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")).one()
+    assert checkpointed == log_frames          # the timer had already copied every frame back
+    await db.close()
+    wal = f"{tmp_path}/ckpt.sqlite3-wal"
+    assert not os.path.exists(wal) or os.path.getsize(wal) == 0
