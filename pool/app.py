@@ -301,6 +301,12 @@ class PoolApp:
         self._stopped.set()
 
     async def run_until_signal(self) -> None:
+        # Handlers first: a SIGTERM while the pool is still starting (systemd stopping a unit that
+        # has just been started) must become an ordered stop, not the default kill.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await self.start()
         await self.start_endpoints()
         # Everything built at start lives for the whole run: keep it out of the collector's scans,
@@ -309,9 +315,5 @@ class PoolApp:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.stop()

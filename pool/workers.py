@@ -52,6 +52,10 @@ class Supervisor:
             await self._spawn(index, hub_path)
 
     async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):     # before any worker exists: never orphan one
+            loop.add_signal_handler(sig, stop.set)
         await PoolApp(self.cfg).prepare_storage()
         hub_dir = tempfile.mkdtemp(prefix="kzpool-hub-")
         os.chmod(hub_dir, 0o700)
@@ -64,10 +68,6 @@ class Supervisor:
         for index in range(self.count):
             await self._spawn(index, hub.socket_path)
         watchers = [asyncio.create_task(self._watch(i, hub.socket_path)) for i in range(self.count)]
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         log.info("supervisor_running workers=%d port=%d", self.count, self.cfg.stratum.port)
         await stop.wait()
         self.stopping = True
