@@ -16,7 +16,6 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from pool.db import Database, SchemaError
@@ -232,12 +231,8 @@ def _guarded(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pool.config import load_config
-    parser = argparse.ArgumentParser(prog="python -m compliance.audit_cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True),
-                    lambda args: load_config(args.config, args.set))
-    args = parser.parse_args(["audit", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
+    from pool.cli import run_subcommands
+    return run_subcommands("python -m compliance.audit_cli", add_subcommands, argv, prefix=("audit",))
 
 
 if __name__ == "__main__":

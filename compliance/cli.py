@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from pool.address import address_to_script
-from pool.config import ConfigError, PoolConfig, load_config
+from pool.config import ConfigError, PoolConfig
 from pool.db import Database, SchemaError
 
 from .pii import PiiKeyError, load_pii_box
@@ -202,11 +202,8 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compliance.cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True),
-                    lambda args: load_config(args.config, args.set))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from pool.cli import run_subcommands
+    return run_subcommands("python -m compliance.cli", add_subcommands, argv)
 
 
 if __name__ == "__main__":

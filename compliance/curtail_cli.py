@@ -20,7 +20,7 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
-from pool.config import ConfigError, PoolConfig, load_config
+from pool.config import ConfigError, PoolConfig
 from pool.db import Database, SchemaError
 
 from .curtailment_orders import Order, OrderError, cancel_order, create_order, kz_text, list_orders
@@ -148,11 +148,8 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compliance.curtail_cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True),
-                    lambda args: load_config(args.config, args.set))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from pool.cli import run_subcommands
+    return run_subcommands("python -m compliance.curtail_cli", add_subcommands, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pool.config import PoolConfig, load_config
+from pool.config import PoolConfig
 from pool.db import Database
 
 from .curtail_cli import config_options, run_with_database
@@ -85,11 +85,8 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compliance.energy_cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True),
-                    lambda args: load_config(args.config, args.set))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from pool.cli import run_subcommands
+    return run_subcommands("python -m compliance.energy_cli", add_subcommands, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from compliance.audit_keys import load_or_create_signing_key
 from compliance.audit_log import AuditLog
 from compliance.pii import PiiKeyError, load_pii_box
 from compliance.registry import LicenceRegistry
-from pool.config import ConfigError, PoolConfig, load_config
+from pool.config import ConfigError, PoolConfig
 from pool.db import Database, SchemaError
 
 from .deposits import DepositError, remove_deposit, set_deposit
@@ -263,15 +263,9 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader,
             parser.add_argument("--output", help="file to write (default: stdout)")
 
 
-def _load(args: argparse.Namespace) -> PoolConfig:
-    return load_config(getattr(args, "config", None), getattr(args, "set", None))
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m payouts.cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True), _load)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from pool.cli import run_subcommands
+    return run_subcommands("python -m payouts.cli", add_subcommands, argv)
 
 
 if __name__ == "__main__":

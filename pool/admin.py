@@ -47,7 +47,7 @@ def pool_status(app: "PoolApp", sections: dict[str, StatusSection] | None = None
         by_state[conn.session.state.name.lower()] += 1
         workers += len(conn.session.workers)
         logins.update(acc.login for acc in conn.session.workers.values())
-    stats, feed, book = app.server.stats, app.jobs, app.sink.blocks
+    stats, book = app.server.stats, app.sink.blocks
     accepted = stats.shares.get(("accepted", ""), 0)
     out: dict[str, Any] = {
         "pool": {"version": pool_version(), "mode": app.cfg.mode, "source": app.source.name,

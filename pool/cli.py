@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Callable
 
 from .config import ConfigError, PoolConfig, load_config
 
@@ -23,6 +24,17 @@ def config_loader(args: argparse.Namespace) -> PoolConfig:
     except ConfigError as exc:
         print(f"kzpool: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_subcommands(prog: str, add_subcommands: Callable[..., None], argv: list[str] | None = None,
+                    prefix: tuple[str, ...] = ()) -> int:
+    """One module's subcommands as a program of its own (`python -m compliance.cli licences list`),
+    with the same config loading as `kzpool`; `prefix` is prepended to the arguments."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_subcommands(parser.add_subparsers(dest="command", required=True),
+                    lambda args: load_config(getattr(args, "config", None), getattr(args, "set", None)))
+    args = parser.parse_args([*prefix, *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
