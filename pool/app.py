@@ -42,7 +42,7 @@ from .metrics import PoolMetrics
 from .operating_rules import OperatingRules
 from .metrics_http import HttpServer, start_metrics_server
 from .admin import start_admin_server
-from .sharelog import ShareLog, record_from_share
+from .sharelog import ShareLog
 from .shares import BlockEvent, PoolShareSink
 from .template import TemplateSource
 from .template_hub import RelayedTemplateSource
@@ -124,7 +124,7 @@ class PoolApp:
         self.authorizer = GatedAuthorizer(inner, self.rules.auth_gate, audit=self.audit.record,
                                           backoff=self._refusal_backoff())
         self.hasher = select_hasher()
-        self.sink = PoolShareSink(self.source, store=self.share_log, record_factory=record_from_share)
+        self.sink = PoolShareSink(self.source, store=self.share_log)
         s = cfg.stratum
         still_valid = getattr(inner, "is_still_valid", lambda login: True)
         work = self.rules.work_gate

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from prometheus_client import Histogram
 
 if TYPE_CHECKING:
-    from stratum.interfaces import Account, Peer, ShareSink
-    from stratum.jobs import Job, ShareResult, Submission
+    from collections.abc import Sequence
+
+    from stratum.interfaces import AcceptedShare, ShareSink
+    from stratum.jobs import Job
 
     from .jobs import JobFeed
     from .template import BlockTemplate
@@ -81,10 +83,14 @@ class MeteredShareSink:
         self.inner = inner
         self.work = work
 
-    async def accept(self, account: "Account", peer: "Peer", extranonce1: bytes, job_id: str, job: "Job",
-                     sub: "Submission", difficulty: float, result: "ShareResult") -> None:
-        await self.inner.accept(account, peer, extranonce1, job_id, job, sub, difficulty, result)
-        self.work.add(account.login, difficulty)     # only once durable: what the miner was told `true` for
+    async def accept_batch(self, shares: "Sequence[AcceptedShare]") -> "Sequence[int]":
+        refused = await self.inner.accept_batch(shares)
+        add = self.work.add
+        skip = set(refused)
+        for i, share in enumerate(shares):   # only once durable: what the miner was told `true` for
+            if not skip or i not in skip:
+                add(share.account.login, share.difficulty)
+        return refused
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

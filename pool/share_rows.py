@@ -16,6 +16,8 @@ from .db import Database
 from .models import MICROS_PER_SECOND, Account, Worker
 
 if TYPE_CHECKING:
+    from stratum.interfaces import AcceptedShare
+
     from .sharelog import ShareRecord
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,39 @@ def share_row(record: ShareRecord) -> ShareRow:
         round(time_s * MICROS_PER_SECOND), record.job_id, record.height, difficulty, share_hash,
         bool(record.is_block), extranonce1, extranonce2, record.ntime, record.nonce, record.version,
         record.peer)
+
+
+def peer_text(host: str, port: int) -> str:
+    """host:port, with IPv6 hosts in brackets so the port stays unambiguous."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def row_from_share(share: AcceptedShare, time_us: int) -> ShareRow:
+    """The row of an accepted share, built straight from the Stratum objects (no hex round trip):
+    equal to `share_row(record_from_share(...))` for the same time. Values the Stratum layer has
+    already bounded (header fields from 4-byte hex, the job from the book) are not checked again."""
+    account, peer, job_id, job, sub, difficulty, result = share
+    login, worker = account.login, account.worker
+    peer_str = peer_text(peer.host, peer.port)
+    extranonce1, extranonce2 = sub.extranonce1, sub.extranonce2
+    if not (0 < len(login) <= MAX_LOGIN and 0 < len(worker) <= MAX_WORKER and 0 < len(job_id) <= MAX_JOB_ID
+            and len(peer_str) <= MAX_PEER and 0 < difficulty < math.inf
+            and len(extranonce1) <= MAX_EXTRANONCE_BYTES and len(extranonce2) <= MAX_EXTRANONCE_BYTES
+            and 0 <= job.height <= INT32_MAX):
+        from .sharelog import record_from_share     # the slow path names the field
+        share_row(record_from_share(account, peer, job_id, job, sub, difficulty, result))
+        raise ValueError(f"share record out of range: worker={worker!r}")
+    return (login, worker), (time_us, job_id, job.height, float(difficulty), result.hash[::-1],
+                             result.meets_network, extranonce1, extranonce2, sub.ntime, sub.nonce,
+                             sub.version, peer_str)
+
+
+def spill_row_of(row: ShareRow) -> list[Any]:
+    """The spill file's form of a row: the ShareRecord fields (`ShareRecord.spill_row`)."""
+    (login, worker), (time_us, job_id, height, difficulty, share_hash, is_block, extranonce1, extranonce2,
+                      ntime, nonce, version, peer) = row
+    return [time_us / MICROS_PER_SECOND, login, worker, job_id, height, difficulty, share_hash.hex(),
+            is_block, extranonce1.hex(), extranonce2.hex(), ntime, nonce, version, peer]
 
 
 def _first_invalid_field(record: ShareRecord) -> str:

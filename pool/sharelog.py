@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .db import Database
-from .share_rows import ShareRow, ShareRowWriter, WorkerKey, share_row
+from .share_rows import ShareRow, ShareRowWriter, WorkerKey, peer_text, share_row, spill_row_of
 from .spill import SpillFile
 from .spill_mode import SpillMode
 
@@ -65,17 +65,13 @@ class ShareRecord:
 
 def record_from_share(account: Account, peer: Peer, job_id: str, job: Job, sub: Submission,
                       difficulty: float, result: ShareResult) -> ShareRecord:
-    """The ShareRecord of an accepted share (the `record_factory` of pool.shares.PoolShareSink)."""
+    """The ShareRecord of an accepted share (tools and tests; the server builds its rows directly with
+    `share_rows.row_from_share`, which gives the same row)."""
     return ShareRecord(time=time.time(), login=account.login, worker=account.worker, job_id=job_id,
                        height=job.height, difficulty=difficulty, share_hash=result.hash_display,
                        is_block=result.meets_network, extranonce1=sub.extranonce1.hex(),
                        extranonce2=sub.extranonce2.hex(), ntime=sub.ntime, nonce=sub.nonce,
                        version=sub.version, peer=peer_text(peer.host, peer.port))
-
-
-def peer_text(host: str, port: int) -> str:
-    """host:port, with IPv6 hosts in brackets so the port stays unambiguous."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ShareLogUnavailable(RuntimeError):
@@ -89,9 +85,8 @@ class ShareLogClosed(RuntimeError):
 @dataclass(slots=True)
 class _Batch:
     opened_at: float = 0.0  # time.monotonic() of its first record
-    records: list[ShareRecord] = field(default_factory=list)
     rows: list[ShareRow] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)   # one per append call
 
     def settle(self, error: BaseException | None) -> None:
         for waiter in self.waiters:
@@ -170,23 +165,37 @@ class ShareLog:
     async def append(self, record: ShareRecord) -> None:
         """Return once `record` is committed to the database or fsync'd to the spill file.
         Raises ValueError for an invalid record, ShareLogUnavailable if it could not be stored."""
+        await self.append_rows([share_row(record)])
+
+    async def append_rows(self, rows: list[ShareRow]) -> None:
+        """Return once all `rows` (validated: `share_row`, `row_from_share`) are committed or
+        fsync'd to the spill file; ShareLogUnavailable if they could not be stored. One future per
+        call, not per row: the server appends an event-loop turn's shares at once."""
         if self._closing or self._writer is None:
             raise ShareLogClosed("share log is closed" if self._closing else "share log not started")
-        row = share_row(record)
-        waiter = asyncio.get_running_loop().create_future()
-        batch = self._open
-        batch.records.append(record)
-        batch.rows.append(row)
-        batch.waiters.append(waiter)
-        self._queued += 1
-        if len(batch.rows) == 1:
-            batch.opened_at = time.monotonic()
-            self._wakeup.set()
-        if len(batch.rows) >= self.max_batch or record.is_block:
-            self._full.append(batch)
-            self._open = _Batch()
-            self._wakeup.set()  # ends the writer's linger
-        await waiter
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[None]] = []
+        start, total = 0, len(rows)
+        while start < total:
+            batch = self._open
+            chunk = rows[start:start + self.max_batch - len(batch.rows)]
+            start += len(chunk)
+            if not batch.rows:
+                batch.opened_at = time.monotonic()
+                self._wakeup.set()
+            batch.rows.extend(chunk)
+            waiter = loop.create_future()
+            batch.waiters.append(waiter)
+            waiters.append(waiter)
+            self._queued += len(chunk)
+            if len(batch.rows) >= self.max_batch or any(values[5] for _, values in chunk):   # a block candidate
+                self._full.append(batch)
+                self._open = _Batch()
+                self._wakeup.set()  # ends the writer's linger
+        if len(waiters) == 1:
+            await waiters[0]
+        else:
+            await asyncio.gather(*waiters)
 
     async def close(self) -> None:
         """Store everything appended so far (database or spill), then release the files.
@@ -263,7 +272,7 @@ class ShareLog:
                     self._commits += 1
                     return None
                 database_failed = True
-            spilled = await self._spill.store([r.spill_row() for r in batch.records],
+            spilled = await self._spill.store([spill_row_of(r) for r in batch.rows],
                                               database_failed)
             if spilled is not None:
                 return None if spilled else ShareLogUnavailable(

@@ -22,6 +22,13 @@ class LineFramer:
     def feed(self, data: bytes) -> list[bytes]:
         """Returns the complete lines in `data` (without `\\n` or `\\r\\n`); empty lines are dropped."""
         buf = self._buffer
+        end = len(data) - 1
+        if not buf and end >= 0 and data.find(b"\n") == end:
+            # The usual case: exactly one whole line, nothing buffered; no copy into the buffer.
+            if end > self.max_line_bytes:
+                raise LineTooLong(f"line exceeds max_line_bytes={self.max_line_bytes} ({end} bytes)")
+            line = data[:end].rstrip(b"\r")
+            return [line] if line.strip() else []
         buf += data
         if b"\n" not in data:
             if len(buf) > self.max_line_bytes:

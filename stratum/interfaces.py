@@ -5,7 +5,7 @@ Stratum depends on nothing else in the project; `pool/` and `compliance/` provid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from .jobs import Job, ShareResult, Submission
 
@@ -41,11 +41,23 @@ class ShareHasher(Protocol):
     def hash_batch(self, job: Job, subs: Sequence[Submission]) -> list[ShareResult]: ...
 
 
-class ShareSink(Protocol):
-    """Takes each share that met its target; returns only once the share is durable.
+class AcceptedShare(NamedTuple):
+    """A share that met its target, as the server hands it to the sink (a tuple: one per share)."""
+    account: Account
+    peer: Peer
+    job_id: str            # as the miner sent it (may be a re-issued id)
+    job: Job
+    sub: Submission
+    difficulty: float      # the share target difficulty it was judged at
+    result: ShareResult
 
-    The `true` reply goes to the miner after this returns (no acknowledged share is ever lost).
-    Block candidates (`result.meets_network`) are submitted by the sink as well.
+
+class ShareSink(Protocol):
+    """Takes the shares of one event-loop turn that met their targets; returns once they are durable.
+
+    The `true` replies go to the miners after this returns (no acknowledged share is ever lost).
+    Returns the indexes of shares it refused to store (each gets an error reply); raising means
+    none of them is durable. Block candidates (`result.meets_network`) are submitted by the sink
+    as well. One call per batch, not per share: a coroutine per share costs more than its storage.
     """
-    async def accept(self, account: Account, peer: Peer, extranonce1: bytes, job_id: str,
-                     job: Job, sub: Submission, difficulty: float, result: ShareResult) -> None: ...
+    async def accept_batch(self, shares: Sequence[AcceptedShare]) -> Sequence[int]: ...

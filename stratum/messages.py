@@ -73,11 +73,18 @@ def parse_message(line: bytes) -> Request | Response:
     raise InvalidMessage("message has neither a method nor a result")
 
 
+# One encoder for every message: json.dumps with separators builds a new encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _dump(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    return _encode(obj).encode() + b"\n"
 
 
 def encode_result(msg_id: MessageId, result: Any) -> bytes:
+    if result is True and type(msg_id) is int:
+        # The accepted-share reply, once per share: the same bytes as the JSON encoder gives.
+        return b'{"id":%d,"result":true,"error":null}\n' % msg_id
     return _dump({"id": msg_id, "result": result, "error": None})
 
 

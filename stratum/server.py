@@ -5,7 +5,8 @@
   a miner that stops reading is dropped after `send_stall_timeout_s`, never waited for.
 - Submissions that arrive in one event-loop turn are hashed in one `hash_batch` call; a lone share
   is hashed on the next turn, so light load adds no latency.
-- Accepted shares go to the `ShareSink` and the `true` reply waits until it says they are durable.
+- A turn's accepted shares go to the `ShareSink` in one call; their `true` replies wait until it
+  says they are durable.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Callable
+from typing import Callable, Collection
 
 from .errors import ErrorCode
 from .extranonce import Extranonce1Allocator, ExtranonceExhausted
-from .interfaces import Account, Authorizer, Peer, Refusal, ShareHasher, ShareSink
+from .interfaces import AcceptedShare, Account, Authorizer, Peer, Refusal, ShareHasher, ShareSink
 from .jobbook import JobBook
 from .jobs import Job, ShareResult
 from .messages import encode_notification
@@ -190,6 +191,7 @@ class StratumServer:
         by_job: dict[str, list[tuple[Connection, SubmitCheck, float]]] = defaultdict(list)
         for item in batch:
             by_job[item[1].job.job_id].append(item)
+        accepted: list[tuple[Connection, SubmitCheck, ShareResult, float]] = []
         for items in by_job.values():
             job = items[0][1].job
             try:
@@ -198,39 +200,46 @@ class StratumServer:
                 log.exception("share_hashing_failed job=%s count=%d", job.job_id, len(items))
                 results = None
             for i, (conn, check, t0) in enumerate(items):
+                if conn.closed:
+                    continue
                 if results is None:
                     conn.handle(conn.session.share_failed(check, time.monotonic()))
-                    continue
-                self._judged(conn, check, results[i], t0)
+                elif not results[i].meets_share:
+                    conn.handle(conn.session.finish_share(check, results[i], time.monotonic()))
+                else:
+                    accepted.append((conn, check, results[i], t0))
+        if accepted:
+            # One task and one sink call for the whole turn's shares, not one per share.
+            self.spawn(self._accept_batch(accepted))
 
-    def _judged(self, conn: "Connection", check: SubmitCheck, result: ShareResult, t0: float) -> None:
-        if conn.closed:
-            return
-        if not result.meets_share:
-            conn.handle(conn.session.finish_share(check, result, time.monotonic()))
-            return
-        task = asyncio.create_task(self._accept(conn, check, result, t0))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _accept(self, conn: "Connection", check: SubmitCheck, result: ShareResult, t0: float) -> None:
-        account = conn.session.workers[check.worker]
+    async def _accept_batch(self, accepted: list[tuple["Connection", SubmitCheck, ShareResult, float]]) -> None:
+        shares = [AcceptedShare(conn.session.workers[check.worker], conn.session.peer, check.job_id, check.job,
+                                check.submission, check.difficulty, result)
+                  for conn, check, result, _ in accepted]
         try:
-            await self.sink.accept(account, conn.session.peer, check.submission.extranonce1, check.job_id,
-                                   check.job, check.submission, check.difficulty, result)
+            refused: Collection[int] = await self.sink.accept_batch(shares)
         except Exception:
-            # Not durable means not acknowledged: the miner gets an error, never a false `true`.
-            log.exception("share_sink_failed conn=%d worker=%s", conn.id, check.worker)
-            conn.handle(conn.session.share_failed(check, time.monotonic()))
-            return
-        self.stats.shares[("accepted", "")] += 1
-        self.stats.accepted_difficulty += check.difficulty
-        if result.meets_network:
-            self.stats.blocks_found += 1
-        if len(self.stats.submit_latencies) < 100_000:
-            self.stats.submit_latencies.append(time.perf_counter() - t0)
-        if not conn.closed:
-            conn.handle(conn.session.finish_share(check, result, time.monotonic()))
+            # Not durable means not acknowledged: the miners get an error, never a false `true`.
+            log.exception("share_sink_failed count=%d", len(shares))
+            refused = range(len(shares))
+        now, done = time.monotonic(), time.perf_counter()
+        stats = self.stats
+        latencies = stats.submit_latencies
+        if refused:
+            refused = set(refused)
+        for i, (conn, check, result, t0) in enumerate(accepted):
+            if refused and i in refused:
+                if not conn.closed:
+                    conn.handle(conn.session.share_failed(check, now))
+                continue
+            stats.shares[("accepted", "")] += 1
+            stats.accepted_difficulty += check.difficulty
+            if result.meets_network:
+                stats.blocks_found += 1
+            if len(latencies) < 100_000:
+                latencies.append(done - t0)
+            if not conn.closed:
+                conn.handle(conn.session.finish_share(check, result, now))
 
     # ---- authorization -------------------------------------------------------------------------
     async def authorize(self, conn: "Connection", req: AuthorizeRequest) -> None:

@@ -122,6 +122,8 @@ class Session:
             lines = self.framer.feed(data)
         except LineTooLong as exc:
             return [Close(exc.message)]
+        if len(lines) == 1 and not self._pending_lines and not self.closed and not self._awaiting_authorization:
+            return self.receive_line(lines[0], now)      # the usual case: one message, nothing held back
         self._pending_lines.extend(lines)
         return self.receive_pending(now)
 

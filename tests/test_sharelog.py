@@ -342,3 +342,28 @@ async def test_background_checkpoint_keeps_the_wal_short(tmp_path):
     await db.close()
     wal = f"{tmp_path}/ckpt.sqlite3-wal"
     assert not os.path.exists(wal) or os.path.getsize(wal) == 0
+
+
+def test_row_from_share_equals_the_record_path_and_survives_the_spill_form() -> None:
+    """The server's direct rows are the rows the ShareRecord path gives, and a row's spill form
+    replays to the same row."""
+    from pool.share_rows import row_from_share, share_row, spill_row_of
+    from pool.sharelog import ShareRecord, record_from_share
+    from stratum.interfaces import AcceptedShare, Account, Peer
+    from stratum.jobs import Job, ShareResult, Submission
+    job = Job(job_id="1f", prevhash=bytes(32), coinb1=b"", coinb2=b"", merkle_branch=(),
+              version=0x20000000, nbits=0x1703255B, ntime=1_730_000_000, clean_jobs=False,
+              network_target=1 << 200, height=870_000)
+    sub = Submission(extranonce1=bytes.fromhex("0badcafe"), extranonce2=bytes.fromhex("00000001"),
+                     ntime=1_730_000_005, nonce=0xDEADBEEF, version=0x20002000, share_target=1)
+    result = ShareResult(hash=bytes(range(32)), meets_share=True, meets_network=True)
+    for peer in (Peer("198.51.100.7", 40001), Peer("2001:db8::7", 3333)):
+        share = AcceptedShare(Account("alice", "alice.rig1"), peer, "1f.2", job, sub, 65536.0, result)
+        record = record_from_share(*share)
+        time_us = round(record.time * 1_000_000)
+        row = row_from_share(share, time_us)
+        assert row == share_row(record)
+        assert share_row(ShareRecord(*spill_row_of(row))) == row
+    too_long = AcceptedShare(Account("alice", "w" * 300), Peer("198.51.100.7", 1), "1f", job, sub, 1.0, result)
+    with pytest.raises(ValueError, match="worker"):
+        row_from_share(too_long, 1)

@@ -19,7 +19,7 @@ from pool.config import load_config
 from pool.db import Database
 from pool.metrics import metrics_for
 from pool.metrics_http import HttpServer, start_metrics_server
-from pool.sharelog import ShareLog, record_from_share
+from pool.sharelog import ShareLog
 from stratum_client import StratumTestClient
 
 TIMEOUT_FACTOR = float(os.environ.get("KZPOOL_TEST_TIMEOUT_FACTOR", "1"))
@@ -109,7 +109,7 @@ async def start_ops_pool(tmp_path: Path, per_login_top_n: int = 10) -> OpsPool:
     sharelog = ShareLog(db, tmp_path / "shares.spill")
     await sharelog.start()
     # What the composition root does once the share log is wired into PoolApp.
-    app.sink.store, app.sink.record_factory = sharelog, record_from_share
+    app.sink.store = sharelog
     metrics_for(app, per_login_top_n=per_login_top_n)     # before start: the first job is timed too
     await app.start()
     await asyncio.wait_for(app.jobs.first_job.wait(), wait_s(5))

@@ -113,3 +113,32 @@ def test_protocol_modules_do_no_io():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module.split(".")[0]]
             assert not forbidden.intersection(names), f"{path.name} imports {names}"
+
+
+@pytest.mark.parametrize("msg_id", [0, 1, 4_294_967_296, -3, "a1", None])
+@pytest.mark.parametrize("result", [True, False, None, [1, "x"]])
+def test_encode_result_is_the_json_encoding(msg_id, result):
+    """The preformatted `true` reply gives exactly the bytes of the general encoder."""
+    assert encode_result(msg_id, result) == (json.dumps({"id": msg_id, "result": result, "error": None},
+                                                         separators=(",", ":")) + "\n").encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.lists(st.booleans(), max_size=8), st.lists(st.integers(min_value=0, max_value=3), max_size=8))
+def test_framer_gives_the_same_lines_however_the_bytes_arrive(lines, crlf, cuts):
+    """Whole single lines (the fast path), split lines and several lines per read all give the
+    lines a one-shot split of the stream gives."""
+    stream = b"".join(line + (b"\r\n" if i < len(crlf) and crlf[i] else b"\n") for i, line in enumerate(lines))
+    expected = [ln.rstrip(b"\r") for ln in stream.split(b"\n")[:-1] if ln.rstrip(b"\r").strip()]
+    framer, got, pos = LineFramer(4096), [], 0
+    for i, line in enumerate(lines):        # read i ends after line i, or mid-line when cut
+        end = stream.index(b"\n", pos) + 1
+        cut = cuts[i] if i < len(cuts) else 0
+        if cut and end - pos > cut:
+            got += framer.feed(stream[pos:end - cut])
+            got += framer.feed(stream[end - cut:end])
+        else:
+            got += framer.feed(stream[pos:end])
+        pos = end
+    assert got == expected and framer.buffered == 0
