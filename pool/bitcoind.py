@@ -38,8 +38,9 @@ from .zmq_listener import watch_hashblock, zmq_available
 
 log = logging.getLogger("kzpool.bitcoind")
 
-PARSE_IN_THREAD_TXS = 200
-RPC_BLOCK_NOT_FOUND = -5       # Core's RPC_INVALID_ADDRESS_OR_KEY: "Block not found"      # from_rpc over thousands of transactions takes tens of ms: not on the loop
+PARSE_IN_THREAD_TXS = 200      # from_rpc over thousands of transactions takes tens of ms: not on the loop
+RPC_BLOCK_NOT_FOUND = -5       # Core's RPC_INVALID_ADDRESS_OR_KEY: "Block not found"
+RPC_INVALID_PARAMETER = -8     # Core's answer to getblockhash beyond the tip: "Block height out of range"
 
 
 @dataclass
@@ -131,10 +132,9 @@ class BitcoindSource:
         """"active" (in the main chain of the best node that knows it), "orphan", or "unknown"."""
         async def confirmations(node: _Node) -> int | None:
             try:
-                header = await node.rpc.call("getblockheader", block_hash_display, True)
+                return await self._confirmations_on(node, block_hash_display)
             except NodeError:
                 return None      # -5 "Block not found", or the node is down
-            return header.get("confirmations") if isinstance(header, dict) else None
 
         answers = await asyncio.gather(*(confirmations(n) for n in self._nodes))
         # The node with the best tip decides: one that lags may not have seen the competing block yet.
@@ -149,14 +149,11 @@ class BitcoindSource:
         NodeUnreachable when no node answers: "unknown" must never read as "orphaned"."""
         async def ask(node: _Node) -> int | None | NodeError:
             try:
-                header = await node.rpc.call("getblockheader", block_hash_display, True)
+                return await self._confirmations_on(node, block_hash_display)
             except RpcError as exc:
                 return None if exc.code == RPC_BLOCK_NOT_FOUND else exc
             except NodeError as exc:
                 return exc
-            confs = header.get("confirmations") if isinstance(header, dict) else None
-            return confs if isinstance(confs, int) and not isinstance(confs, bool) else NodeUnreachable(
-                f"{node.health.name}: getblockheader without an integer confirmations field")
 
         answers = await asyncio.gather(*(ask(n) for n in self._nodes))
         for node, answer in sorted(zip(self._nodes, answers), key=lambda p: -p[0].health.height):
@@ -164,6 +161,30 @@ class BitcoindSource:
                 return answer
         raise NodeUnreachable(f"no node answered getblockheader {block_hash_display}: "
                               + "; ".join(str(a) for a in answers))
+
+    async def _confirmations_on(self, node: _Node, block_hash_display: str) -> int:
+        """One node's `confirmations` for a block, -1 when it is not in that node's main chain.
+
+        A positive count is checked with `getblockhash <height>`: Core answers -1 for a block off its
+        main chain, but bcoin 1.0.2 counts confirmations from the block's height even for a block a
+        reorg left behind, which would let an orphan mature. Raises NodeError (RpcError -5 when the
+        node does not know the block)."""
+        header = await node.rpc.call("getblockheader", block_hash_display, True)
+        confs = header.get("confirmations") if isinstance(header, dict) else None
+        if not isinstance(confs, int) or isinstance(confs, bool):
+            raise NodeUnreachable(f"{node.health.name}: getblockheader without an integer confirmations field")
+        if confs < 1:
+            return confs
+        height = header.get("height")
+        if not isinstance(height, int) or isinstance(height, bool):
+            raise NodeUnreachable(f"{node.health.name}: getblockheader without an integer height field")
+        try:
+            at_height = await node.rpc.call("getblockhash", height)
+        except RpcError as exc:
+            if exc.code != RPC_INVALID_PARAMETER:
+                raise
+            return -1       # "Block height out of range": the main chain no longer reaches the block
+        return confs if isinstance(at_height, str) and at_height.lower() == block_hash_display.lower() else -1
 
     async def close(self) -> None:
         self._closed = True
@@ -274,6 +295,7 @@ class BitcoindSource:
         self._ok(node)
         if not isinstance(raw, dict):
             raise TemplateError("getblocktemplate result is not an object")
+        raw = without_commitment_before_segwit(raw)
         if len(raw.get("transactions") or ()) > PARSE_IN_THREAD_TXS:
             tpl = await asyncio.to_thread(BlockTemplate.from_rpc, raw, node.health.name)
         else:
@@ -349,6 +371,27 @@ class BitcoindSource:
         unexpected = not isinstance(exc, (NodeError, TemplateError))
         log.warning("node_down node=%s failures=%d retry_in_s=%.2f error=%s", node.health.name,
                     node.health.failures, delay, node.health.last_error, exc_info=exc if unexpected else None)
+
+
+def without_commitment_before_segwit(raw: dict) -> dict:
+    """The template as it may be mined: no witness commitment while its `rules` show segwit not in force.
+
+    BIP9's getblocktemplate `rules` lists the rules in force for the block ("!segwit" once segwit is,
+    BIP145). Before activation any witness data in a block, the coinbase's reserved value included,
+    makes it invalid (`unexpected-witness`). Bitcoin Core then sends no `default_witness_commitment`;
+    bcoin 1.0.2 sends one whenever the request lists "segwit" (a fresh regtest chain below height 432),
+    so it is dropped here. A template with witness transactions but without segwit in force cannot be
+    mined at all. A reply without a `rules` list (a node without BIP9) is left as it is.
+    """
+    rules = raw.get("rules")
+    if not isinstance(rules, list) or "segwit" in rules or "!segwit" in rules:
+        return raw
+    for i, tx in enumerate(raw.get("transactions") or ()):
+        if isinstance(tx, dict) and tx.get("hash", tx.get("txid")) != tx.get("txid"):
+            raise TemplateError(f"transactions[{i}] has witness data but segwit is not among the rules {rules}")
+    if raw.get("default_witness_commitment") is None:
+        return raw
+    return {key: value for key, value in raw.items() if key != "default_witness_commitment"}
 
 
 def _per_node(value: str | Sequence[str | None] | None, count: int, key: str) -> list[str | None]:

@@ -7,7 +7,8 @@ status per error (400 invalid request, 404 method not found, 500 other errors). 
 shape: {"result": null, "error": {"code": -32601, "message": "Method not found"}, "id": ...}.
 
 Methods: getblocktemplate (rules must include segwit; longpollid waits until the tip or the mempool
-changes), getbestblockhash, getblockheader, getblockchaininfo, submitblock (validated by standin_chain).
+changes), getbestblockhash, getblockheader, getblockhash, getblockchaininfo, submitblock (validated by
+standin_chain).
 `stop()`/`start()` take the node down and up on the same port; `stall` makes it accept requests and never
 answer; `hold_longpolls` keeps long polls waiting; `zmq_pub=True` publishes `hashblock` on a ZMQ PUB
 socket like `-zmqpubhashblock` (needs pyzmq). Two stand-ins given one `Chain` are two nodes in sync.
@@ -41,6 +42,7 @@ _SPECS: dict[str, list[tuple[str, type, bool]]] = {
     "getblocktemplate": [("template_request", dict, False)],
     "getbestblockhash": [],
     "getblockheader": [("blockhash", str, True), ("verbose", bool, False)],
+    "getblockhash": [("height", int, True)],
     "getblockchaininfo": [],
     "submitblock": [("hexdata", str, True), ("dummy", str, False)],
 }
@@ -247,6 +249,12 @@ class BitcoindStandin:
         if info is None:
             raise RpcFault(-5, "Block not found")
         return info if verbose else self.chain.blocks[blockhash.lower()].header.hex()
+
+    async def _rpc_getblockhash(self, height: int) -> str:
+        block_hash = self.chain.active_hash_at(height)
+        if block_hash is None:
+            raise RpcFault(-8, "Block height out of range")
+        return block_hash
 
     async def _rpc_getblockchaininfo(self) -> dict:
         return self.chain.chain_info()

@@ -255,6 +255,17 @@ class Chain:
             info["nextblockhash"] = following[0].hash
         return info
 
+    def active_hash_at(self, height: int) -> str | None:
+        """The main chain's block at `height`; None beyond the tip (and below the first block known)."""
+        record = self.tip
+        if height > record.height:
+            return None
+        while record.height > height:
+            if record.prev not in self.blocks:
+                return None
+            record = self.blocks[record.prev]
+        return record.hash
+
     def chain_info(self) -> dict:
         tip = self.tip
         return {"chain": "regtest", "blocks": tip.height, "headers": tip.height, "bestblockhash": tip.hash,

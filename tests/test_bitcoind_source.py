@@ -11,10 +11,10 @@ from bitcoin.core.script import CScript
 
 from bitcoind_standin import BitcoindStandin, wait_s
 from cpu_miner import mine
-from pool.bitcoind import BitcoindSource, _per_node
+from pool.bitcoind import BitcoindSource, _per_node, without_commitment_before_segwit
 from pool.blockbuild import assemble_block, build_job
 from pool.node_health import Backoff, NodeHealth
-from pool.template import BlockTemplate
+from pool.template import BlockTemplate, TemplateError
 from standin_chain import COMMITMENT_PREFIX, Chain, build_block, real_mainnet_txs
 
 PASSWORD = "standin-password"
@@ -318,3 +318,19 @@ def test_per_node_settings():
         _per_node(["x"], 2, "cookie_file")
     with pytest.raises(ValueError, match="rpc_urls"):
         BitcoindSource([])
+
+
+def test_the_witness_commitment_is_dropped_while_segwit_is_not_in_force():
+    # bcoin 1.0.2 on a fresh regtest chain: segwit still signalling, a commitment sent all the same.
+    commitment = (COMMITMENT_PREFIX + bytes(32)).hex()
+    before = {"rules": [], "default_witness_commitment": commitment, "transactions": []}
+    assert "default_witness_commitment" not in without_commitment_before_segwit(before)
+    assert without_commitment_before_segwit({**before, "rules": ["csv"]}) == {"rules": ["csv"], "transactions": []}
+    for in_force in (["csv", "!segwit", "taproot"], ["segwit"]):            # Core, and a lax server
+        assert without_commitment_before_segwit({**before, "rules": in_force})["default_witness_commitment"] \
+            == commitment
+    assert without_commitment_before_segwit({"default_witness_commitment": commitment}) == \
+        {"default_witness_commitment": commitment}                          # no BIP9 rules: left alone
+    witness_tx = {"data": "00", "txid": "11" * 32, "hash": "22" * 32}
+    with pytest.raises(TemplateError, match="segwit is not among the rules"):
+        without_commitment_before_segwit({**before, "transactions": [witness_tx]})
