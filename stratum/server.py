@@ -20,6 +20,7 @@ from itertools import count
 from typing import Callable, Collection
 
 from .errors import ErrorCode
+from .difficulty import difficulty_for_target
 from .extranonce import Extranonce1Allocator, ExtranonceExhausted
 from .interfaces import AcceptedShare, Account, Authorizer, Peer, Refusal, ShareHasher, ShareSink
 from .jobbook import JobBook
@@ -80,6 +81,7 @@ class StratumServer:
         self.sink = sink
         self.extranonces = extranonces
         self.jobs = jobs if jobs is not None else JobBook()
+        # Both answer per login (the server asks once per login per batch or broadcast).
         # Asked at every submit: a licence revoked after authorization stops counting shares at once.
         self.still_authorized = still_authorized
         # Asked at every broadcast: a curtailed miner gets no further jobs during its grace period.
@@ -150,14 +152,25 @@ class StratumServer:
         started = time.perf_counter()
         self.jobs.add(job)
         notify = encode_notification("mining.notify", job.notify_params())
+        network_difficulty = difficulty_for_target(job.network_target)
         sent = 0
         gets_work = self.gets_work
+        allowed: dict[str, bool] = {}     # per login, asked once per broadcast (100k sessions, few logins)
+        # The loop runs once per session at every block: nothing in it may cost more than it must.
         for conn in self.connections.values():
-            if gets_work is not None and not any(gets_work(a) for a in conn.session.workers.values()):
-                continue
-            data = conn.session.job_message(job, notify)
-            if data is not None:
-                conn.write(data)
+            session = conn.session
+            if gets_work is not None:
+                for account in session.workers.values():
+                    ok = allowed.get(account.login)
+                    if ok is None:
+                        ok = allowed[account.login] = gets_work(account)
+                    if ok:
+                        break
+                else:
+                    continue
+            data = session.job_message(job, notify, network_difficulty)
+            if data is not None and not conn.closed:
+                conn.transport.write(data)
                 sent += 1
         self.stats.last_fanout_s = time.perf_counter() - started
         return sent
@@ -175,11 +188,6 @@ class StratumServer:
 
     # ---- shares --------------------------------------------------------------------------------
     def queue_share(self, conn: "Connection", check: SubmitCheck) -> None:
-        if self.still_authorized is not None and not self.still_authorized(conn.session.workers[check.worker]):
-            conn.handle(conn.session.refuse_share(check, ErrorCode.UNAUTHORIZED_WORKER,
-                                                  "Unauthorized worker: licence no longer valid", "licence_invalid",
-                                                  time.monotonic()))
-            return
         self._batch.append((conn, check, time.perf_counter()))
         if not self._batch_scheduled:
             self._batch_scheduled = True
@@ -189,8 +197,22 @@ class StratumServer:
         self._batch_scheduled = False
         batch, self._batch = self._batch, []
         by_job: dict[str, list[tuple[Connection, SubmitCheck, float]]] = defaultdict(list)
+        still_authorized = self.still_authorized
+        allowed: dict[str, bool] = {}
         for item in batch:
-            by_job[item[1].job.job_id].append(item)
+            conn, check, _ = item
+            if still_authorized is not None:
+                account = conn.session.workers[check.worker]
+                ok = allowed.get(account.login)
+                if ok is None:
+                    ok = allowed[account.login] = still_authorized(account)
+                if not ok:
+                    if not conn.closed:
+                        conn.handle(conn.session.refuse_share(
+                            check, ErrorCode.UNAUTHORIZED_WORKER, "Unauthorized worker: licence no longer valid",
+                            "licence_invalid", time.monotonic()))
+                    continue
+            by_job[check.job.job_id].append(item)
         accepted: list[tuple[Connection, SubmitCheck, ShareResult, float]] = []
         for items in by_job.values():
             job = items[0][1].job

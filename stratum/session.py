@@ -300,11 +300,13 @@ class Session:
         return self._refuse(check.msg_id, StratumError(code, message, reason), now, check.worker, True)
 
     # ---- jobs and difficulty -------------------------------------------------------------------
-    def job_message(self, job: Job, notify: bytes) -> bytes | None:
-        """Bytes to write for a broadcast job (`notify` is serialised once for all sessions)."""
+    def job_message(self, job: Job, notify: bytes, network_difficulty: float | None = None) -> bytes | None:
+        """Bytes to write for a broadcast job (`notify` and the job's network difficulty are
+        computed once for all sessions)."""
         if self.state != State.AUTHORIZED or self.closed:
             return None
-        self.vardiff.set_network_ceiling(difficulty_for_target(job.network_target))
+        self.vardiff.set_network_ceiling(difficulty_for_target(job.network_target)
+                                         if network_difficulty is None else network_difficulty)
         if job.clean_jobs:
             # A clean job empties the book: every job this session knew is gone.
             self._job_difficulty = {}
