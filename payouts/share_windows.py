@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, func, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pool.models import MICROS_PER_SECOND, Account, Share, Worker
@@ -46,7 +46,8 @@ class Window:
 async def find_block_share(conn: AsyncConnection, block_hash_display: str) -> ShareKey | None:
     """The share that was the block (its hash is the block hash); None until it is stored."""
     row = (await conn.execute(select(Share.time_us, Share.share_hash, Share.worker_id).where(
-        Share.share_hash == bytes.fromhex(block_hash_display), Share.is_block.is_(True)))).first()
+        Share.share_hash == bytes.fromhex(block_hash_display),
+        Share.is_block == true()))).first()   # the form ix_shares_block_hash's predicate matches
     return ShareKey(row.time_us, bytes(row.share_hash), row.worker_id) if row else None
 
 

@@ -159,8 +159,8 @@ class ShareRowWriter:
     async def _connect(self) -> AsyncConnection:
         conn = await self._db.engine.connect()
         if self._db.dialect == "sqlite":
-            # Every share lands on a random leaf of the (share_hash, worker_id) key: a cache
-            # that holds the index keeps inserts off the disk (2 MiB default: ~40k shares).
+            # Inserts append at the end of the time-first key, but payout windows and exports
+            # read back recent shares: a cache of them keeps those reads off the disk.
             await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
             await conn.commit()  # ends SQLAlchemy's autobegun transaction; the PRAGMA stays set
         return conn

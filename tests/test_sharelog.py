@@ -367,3 +367,40 @@ def test_row_from_share_equals_the_record_path_and_survives_the_spill_form() -> 
     too_long = AcceptedShare(Account("alice", "w" * 300), Peer("198.51.100.7", 1), "1f", job, sub, 1.0, result)
     with pytest.raises(ValueError, match="worker"):
         row_from_share(too_long, 1)
+
+
+async def test_time_key_migration_keeps_every_share_and_its_idempotency(empty_database_url: str) -> None:  # noqa: F811
+    """0005 -> 0006 rebuilds the key on a table with shares: every row survives, a replayed share
+    is still skipped, and the block share is found by hash through the partial index."""
+    database = Database(empty_database_url)
+    try:
+        await database.upgrade("0005")
+        async with database.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO accounts (login) VALUES ('alice')"))
+            worker_id = (await conn.execute(text(
+                "INSERT INTO workers (account_id, name) SELECT id, 'alice.rig' FROM accounts RETURNING id"))).scalar()
+            await conn.execute(insert(Share.__table__), [
+                {"share_hash": bytes([i]) * 32, "worker_id": worker_id, "time_us": 1_780_000_000_000_000 + i,
+                 "job_id": "1f", "height": 900_000, "difficulty": 1.0, "is_block": i == 3,
+                 "extranonce1": b"\x01\x02\x03\x04", "extranonce2": b"\x00" * 4, "ntime": 1_780_000_000,
+                 "nonce": i, "version": 0x20000000, "peer": "198.51.100.7:4000"} for i in range(10)])
+        await database.upgrade()
+        async with database.engine.begin() as conn:
+            assert (await conn.execute(select(func.count()).select_from(Share))).scalar() == 10
+            replay = await conn.execute(text(   # the same share again, as a spill replay sends it
+                "INSERT INTO shares (share_hash, worker_id, time_us, job_id, height, difficulty, is_block, "
+                "extranonce1, extranonce2, ntime, nonce, version, peer) SELECT share_hash, worker_id, time_us, "
+                "job_id, height, difficulty, is_block, extranonce1, extranonce2, ntime, nonce, version, peer "
+                "FROM shares WHERE nonce = 5 ON CONFLICT DO NOTHING"))
+            assert replay.rowcount == 0
+        from payouts.share_windows import find_block_share
+        async with database.engine.connect() as conn:
+            found = await find_block_share(conn, (bytes([3]) * 32).hex())
+            assert found is not None and found.time_us == 1_780_000_000_000_003
+            assert await find_block_share(conn, (bytes([4]) * 32).hex()) is None   # not a block
+        async with database.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn), Base.metadata))
+            assert not [d for d in diff if "shares" in repr(d)], diff
+    finally:
+        await database.engine.dispose()
