@@ -59,6 +59,7 @@ class StratumConfig:
     cost_hard_limit: float = 200.0
     cost_half_life_s: float = 60.0
     shutdown_timeout_s: float = 10.0
+    max_shares_in_flight: int = 20_000  # shares waiting for storage before the pool stops reading submits
     tls_cert: str = ""
     tls_key: str = ""
     extra_ports: tuple[PortConfig, ...] = ()

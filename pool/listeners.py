@@ -44,4 +44,5 @@ def server_limits(cfg: PoolConfig) -> ServerLimits:
     s = cfg.stratum
     return ServerLimits(max_sessions=s.max_sessions, idle_timeout_s=s.idle_timeout_s,
                         send_stall_timeout_s=s.send_stall_timeout_s, shutdown_timeout_s=s.shutdown_timeout_s,
-                        write_high_water_bytes=s.write_high_water_bytes, sweep_interval_s=s.sweep_interval_s)
+                        write_high_water_bytes=s.write_high_water_bytes, sweep_interval_s=s.sweep_interval_s,
+                        max_shares_in_flight=s.max_shares_in_flight)

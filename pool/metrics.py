@@ -198,6 +198,10 @@ class PoolCollector(Collector):
         for reason, n in sorted(stats.connections_closed.items()):
             closed.add_metric([reason], n)
         yield closed
+        yield gauge("kzpool_shares_in_flight", "Shares queued for hashing or awaiting storage",
+                    stats.shares_in_flight)
+        yield counter("kzpool_read_pauses", "Sessions not read for a while because max_shares_in_flight shares "
+                      "awaited storage (overload back-pressure)", stats.read_pauses)
 
     @staticmethod
     def _shares(app: "PoolApp") -> Iterator[Metric]:

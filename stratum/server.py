@@ -53,6 +53,9 @@ class ServerLimits:
     sweep_interval_s: float = 5.0           # how often timers (idle, stall, vardiff decline) are checked
     shutdown_timeout_s: float = 10.0        # how long shutdown waits for replies to drain
     reconnect_wait_s: int = 5               # `client.reconnect` wait hint sent on shutdown
+    # Overload back-pressure: with this many shares queued or awaiting storage, sessions that
+    # deliver data stop being read (their miners' sends back up in TCP) until half have drained.
+    max_shares_in_flight: int = 20_000
 
 
 @dataclass
@@ -66,6 +69,8 @@ class ServerStats:
     last_fanout_s: float = 0.0
     authorize_refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # by reason
     submit_latencies: list[float] = field(default_factory=list)   # drained by the exporter
+    shares_in_flight: int = 0            # queued for hashing or awaiting storage
+    read_pauses: int = 0                 # sessions paused by the overload back-pressure
 
 
 class StratumServer:
@@ -94,6 +99,7 @@ class StratumServer:
         self._batch_scheduled = False
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: set[Connection] = set()     # not read until the backlog drains
         self.closing = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -187,7 +193,28 @@ class StratumServer:
         return hit
 
     # ---- shares --------------------------------------------------------------------------------
+    @property
+    def overloaded(self) -> bool:
+        return self.stats.shares_in_flight >= self.limits.max_shares_in_flight
+
+    def hold(self, conn: "Connection") -> None:
+        """Stop reading a session until the backlog of shares drains (see `max_shares_in_flight`)."""
+        if conn not in self._held and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._held.add(conn)
+            self.stats.read_pauses += 1
+
+    def _settled(self, count: int) -> None:
+        self.stats.shares_in_flight -= count
+        if self._held and self.stats.shares_in_flight <= self.limits.max_shares_in_flight // 2:
+            held, self._held = self._held, set()
+            now = time.monotonic()
+            for conn in held:
+                if not conn.closed and conn.paused_until <= now:   # not also paused for misbehaviour
+                    conn.transport.resume_reading()
+
     def queue_share(self, conn: "Connection", check: SubmitCheck) -> None:
+        self.stats.shares_in_flight += 1
         self._batch.append((conn, check, time.perf_counter()))
         if not self._batch_scheduled:
             self._batch_scheduled = True
@@ -233,8 +260,15 @@ class StratumServer:
         if accepted:
             # One task and one sink call for the whole turn's shares, not one per share.
             self.spawn(self._accept_batch(accepted))
+        self._settled(len(batch) - len(accepted))
 
     async def _accept_batch(self, accepted: list[tuple["Connection", SubmitCheck, ShareResult, float]]) -> None:
+        try:
+            await self._answer_batch(accepted)
+        finally:
+            self._settled(len(accepted))
+
+    async def _answer_batch(self, accepted: list[tuple["Connection", SubmitCheck, ShareResult, float]]) -> None:
         shares = [AcceptedShare(conn.session.workers[check.worker], conn.session.peer, check.job_id, check.job,
                                 check.submission, check.difficulty, result)
                   for conn, check, result, _ in accepted]
@@ -342,6 +376,8 @@ class Connection(asyncio.Protocol):
             log.exception("session_failed conn=%d", self.id)
             self.close("internal error")
             return
+        if self.server.overloaded:
+            self.server.hold(self)
         if not self.closed and self.session.cost.over_soft(now):
             # Over the soft limit: stop reading for a while; the peer's own sends back up.
             assert self.transport is not None
@@ -350,7 +386,7 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_later(self.server.limits.soft_limit_pause_s, self._resume)
 
     def _resume(self) -> None:
-        if not self.closed and self.transport is not None:
+        if not self.closed and self.transport is not None and self not in self.server._held:
             self.transport.resume_reading()
 
     def handle(self, events: list[Event]) -> None:

@@ -106,6 +106,8 @@ async def test_latencies_are_drained_once_and_closes_counted(ops: OpsPool):
     after = await scrape(ops.metrics_port)
     assert value(after, "kzpool_connections_closed_total", reason="peer") == 1
     assert value(after, "kzpool_connections", state="authorized") == 0
+    assert value(after, "kzpool_shares_in_flight") == 0          # every share answered
+    assert value(after, "kzpool_read_pauses_total") == 0         # no overload back-pressure here
 
 
 async def test_node_down_shows_in_node_metrics(ops: OpsPool):

@@ -78,3 +78,50 @@ async def test_shares_in_flight_after_revocation_are_refused():
         await miner.close()
     finally:
         await app.stop()
+
+
+class GatedSink:
+    """Wraps the pool's sink; holds every batch until `release` is set (a database that stalls)."""
+
+    def __init__(self, inner) -> None:
+        import asyncio
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def accept_batch(self, shares):
+        self.waiting += len(shares)
+        await self.release.wait()
+        return await self.inner.accept_batch(shares)
+
+
+async def test_a_storage_backlog_pauses_reading_and_every_share_is_answered_after_it_drains():
+    """With max_shares_in_flight awaiting storage, the pool stops reading submits (their bytes wait
+    in TCP), so the backlog stays bounded; once storage answers, reading resumes and every share
+    gets its reply."""
+    import asyncio
+    limit = 8
+    app = PoolApp(load_config(overrides=test_config(**{"stratum.max_shares_in_flight": str(limit)})),
+                  source=SimulatedChain(bits=0x1D0FFFFF, refresh_s=3600))
+    await app.start()
+    gated = GatedSink(app.server.sink)
+    app.server.sink = gated
+    try:
+        miner = await StratumTestClient.connect("127.0.0.1", app.server.ports[0])
+        await miner.handshake()
+        shares = [miner.mine_share(extranonce2=i) for i in range(40)]
+        for i, p in enumerate(shares):    # one write each: several reads, so the hold can act between them
+            await miner.send_raw(json.dumps({"id": 100 + i, "method": "mining.submit", "params": p}).encode() + b"\n")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        stats = app.server.stats
+        assert stats.read_pauses >= 1
+        assert limit <= stats.shares_in_flight < 40          # bounded: the rest was never read
+        assert not any(100 + i in miner.replies for i in range(40))
+        gated.release.set()
+        await miner.wait_for(lambda: all(100 + i in miner.replies for i in range(40)))
+        assert all(miner.replies[100 + i]["result"] is True for i in range(40))
+        assert stats.shares_in_flight == 0 and stats.shares[("accepted", "")] == 40
+        await miner.close()
+    finally:
+        await app.stop()
