@@ -302,16 +302,21 @@ def test_cli_upgrade_export_compact(empty_database_url: str, tmp_path: Path,  # 
     assert "folded 3 shares" in capsys.readouterr().out
 
 
-def test_record_from_an_accepted_share() -> None:
-    from pool.sharelog import peer_text, record_from_share
-    from stratum.interfaces import Account, Peer
+def _accepted_job_and_submission(is_block: bool):
+    """A job, a submission and its hashing result, as the server hands an accepted share on."""
     from stratum.jobs import Job, ShareResult, Submission
     job = Job(job_id="1f", prevhash=bytes(32), coinb1=b"", coinb2=b"", merkle_branch=(),
               version=0x20000000, nbits=0x1703255B, ntime=1_730_000_000, clean_jobs=False,
               network_target=1 << 200, height=870_000)
     sub = Submission(extranonce1=bytes.fromhex("0badcafe"), extranonce2=bytes.fromhex("00000001"),
                      ntime=1_730_000_005, nonce=0xDEADBEEF, version=0x20002000, share_target=1)
-    result = ShareResult(hash=bytes(range(32)), meets_share=True, meets_network=False)
+    return job, sub, ShareResult(hash=bytes(range(32)), meets_share=True, meets_network=is_block)
+
+
+def test_record_from_an_accepted_share() -> None:
+    from pool.sharelog import peer_text, record_from_share
+    from stratum.interfaces import Account, Peer
+    job, sub, result = _accepted_job_and_submission(is_block=False)
     record = record_from_share(Account("alice", "alice.rig1"), Peer("198.51.100.7", 40001), "1f",
                                job, sub, 65536.0, result)
     assert (record.login, record.worker, record.height, record.peer) == (
@@ -350,13 +355,7 @@ def test_row_from_share_equals_the_record_path_and_survives_the_spill_form() -> 
     from pool.share_rows import row_from_share, share_row, spill_row_of
     from pool.sharelog import ShareRecord, record_from_share
     from stratum.interfaces import AcceptedShare, Account, Peer
-    from stratum.jobs import Job, ShareResult, Submission
-    job = Job(job_id="1f", prevhash=bytes(32), coinb1=b"", coinb2=b"", merkle_branch=(),
-              version=0x20000000, nbits=0x1703255B, ntime=1_730_000_000, clean_jobs=False,
-              network_target=1 << 200, height=870_000)
-    sub = Submission(extranonce1=bytes.fromhex("0badcafe"), extranonce2=bytes.fromhex("00000001"),
-                     ntime=1_730_000_005, nonce=0xDEADBEEF, version=0x20002000, share_target=1)
-    result = ShareResult(hash=bytes(range(32)), meets_share=True, meets_network=True)
+    job, sub, result = _accepted_job_and_submission(is_block=True)
     for peer in (Peer("198.51.100.7", 40001), Peer("2001:db8::7", 3333)):
         share = AcceptedShare(Account("alice", "alice.rig1"), peer, "1f.2", job, sub, 65536.0, result)
         record = record_from_share(*share)
