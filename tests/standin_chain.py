@@ -113,6 +113,9 @@ class Chain:
         record = BlockRecord(dsha256(base)[::-1].hex(), height, base, 2 * (height + 1), 4)
         self.blocks: dict[str, BlockRecord] = {record.hash: record}
         self.tip = record
+        # The active chain by height: a node's block index answers getblockhash and nextblockhash
+        # without walking the chain (tests mine thousands of blocks and ask about each of them).
+        self.active_at: dict[int, str] = {record.height: record.hash}
         self.mempool: list[MempoolTx] = list(mempool)
         self.known: dict[str, MempoolTx] = {tx.txid: tx for tx in self.mempool}
         self.tx_updates = 1          # Core's nTransactionsUpdated: part of the longpollid
@@ -235,9 +238,11 @@ class Chain:
         old = self.tip
         while old is not fork:
             old.active = False
+            del self.active_at[old.height]
             old = self.blocks[old.prev]
         for record in branch:
             record.active = True
+            self.active_at[record.height] = record.hash
         self.tip = new_tip
 
     def header_json(self, block_hash: str) -> dict | None:
@@ -250,21 +255,14 @@ class Chain:
                 "merkleroot": merkle[::-1].hex(), "time": ntime, "mediantime": self.median_time_past(record),
                 "nonce": nonce, "bits": f"{bits:08x}", "difficulty": difficulty(bits),
                 "chainwork": f"{record.chainwork:064x}", "nTx": record.ntx, "previousblockhash": record.prev}
-        following = [r for r in self.blocks.values() if r.active and r.prev == record.hash]
-        if record.active and following:
-            info["nextblockhash"] = following[0].hash
+        following = self.active_at.get(record.height + 1) if record.active else None
+        if following is not None:
+            info["nextblockhash"] = following
         return info
 
     def active_hash_at(self, height: int) -> str | None:
         """The main chain's block at `height`; None beyond the tip (and below the first block known)."""
-        record = self.tip
-        if height > record.height:
-            return None
-        while record.height > height:
-            if record.prev not in self.blocks:
-                return None
-            record = self.blocks[record.prev]
-        return record.hash
+        return self.active_at.get(height)
 
     def chain_info(self) -> dict:
         tip = self.tip
