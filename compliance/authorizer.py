@@ -8,12 +8,18 @@ message starting with the reason's name. Every decision goes to the `audit` call
 
 `is_still_valid(login)` is the share path's check: a dict lookup, kept current by the
 LicenceWatcher through `mark_invalid` / `mark_valid`.
+
+Licence records read from the registry are kept for `record_cache_s` (30 s), so a reconnect storm
+(every miner after a pool restart) reads each login once, not once per rig; the watcher drops a
+login's record as soon as its licence row changes (`forget`), and the marks above still apply to a
+kept record. Data-centre ranges are re-read when a record ages out. Unknown logins are not kept.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from stratum.interfaces import Account, Peer, Refusal
@@ -29,6 +35,7 @@ log = logging.getLogger("kzpool.compliance.authorizer")
 UNKNOWN_LOGIN = "unknown_login"
 OUTSIDE_DATACENTRE = "address_outside_datacentre"
 REGISTRY_UNAVAILABLE = "registry_unavailable"
+MAX_KEPT_RECORDS = 200_000       # licence records kept between authorizations (far above any pool's logins)
 
 
 def peer_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -48,7 +55,8 @@ def refusal(reason: str, text: str) -> Refusal:
 class RegistryAuthorizer:
     def __init__(self, registry: LicenceRegistry, require_datacentre_ip: bool, clock: Clock = utc_now,
                  audit: AuditSink | None = None, *, backoff: RefusalBackoff | None = None,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, record_cache_s: float = 30.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.require_datacentre_ip = require_datacentre_ip
         self.clock = clock
@@ -59,6 +67,11 @@ class RegistryAuthorizer:
         # means the licence stopped being valid while its registry read was in flight.
         self._invalid: dict[str, tuple[str, int]] = {}
         self._generation = 0
+        self.record_cache_s = record_cache_s
+        self.monotonic = monotonic
+        self._records: dict[str, tuple[LicenceRecord, float]] = {}   # login -> (record, read at)
+        self._forgotten = 0          # bumped by forget(): a read in flight across it is not kept
+        self.registry_reads = 0
 
     # ---- the watcher's side -----------------------------------------------------------------
     def mark_invalid(self, login: str, reason: str) -> None:
@@ -67,6 +80,11 @@ class RegistryAuthorizer:
 
     def mark_valid(self, login: str) -> None:
         self._invalid.pop(login, None)
+
+    def forget(self, login: str) -> None:
+        """The licence row of `login` changed: the next authorization reads it again."""
+        self._forgotten += 1
+        self._records.pop(login, None)
 
     def is_still_valid(self, login: str) -> bool:
         """False once the watcher saw this login's licence stop being valid (until it is valid again)."""
@@ -80,7 +98,7 @@ class RegistryAuthorizer:
             return await self._refuse(worker, login, peer, None,
                                       refusal(UNKNOWN_LOGIN, "worker names are <login>.<worker>"))
         try:
-            record = await self.registry.lookup(login)
+            record = await self._lookup(login)
         except Exception as exc:    # the database is down: refuse now, the miner retries later
             log.warning("event=authorization_registry_error error=%s", type(exc).__name__)
             return await self._refuse(worker, login, peer, None, refusal(
@@ -93,6 +111,20 @@ class RegistryAuthorizer:
             return await self._refuse(worker, login, peer, record, verdict)
         self._decided(worker, login, peer, record, "accepted", "licence_valid")
         return Account(login=login, worker=worker)
+
+    async def _lookup(self, login: str) -> LicenceRecord | None:
+        now = self.monotonic()
+        kept = self._records.get(login)
+        if kept is not None and now - kept[1] < self.record_cache_s:
+            return kept[0]
+        forgotten = self._forgotten
+        self.registry_reads += 1
+        record = await self.registry.lookup(login)
+        if record is not None and self.record_cache_s > 0 and forgotten == self._forgotten:
+            if len(self._records) >= MAX_KEPT_RECORDS:
+                self._records.clear()
+            self._records[login] = (record, now)
+        return record
 
     def _judge(self, record: LicenceRecord, peer: Peer, started: int) -> Refusal | None:
         login = record.dates.login

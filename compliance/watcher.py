@@ -82,6 +82,9 @@ class LicenceWatcher:
         first = self._invalid is None
         full = first or time.monotonic() - self._last_full_scan >= self.full_scan_s
         changed, self._seq = await self.registry.licence_dates(0 if full else self._seq)
+        if self.authorizer is not None:
+            for lic in changed:       # its kept licence record is stale (dates, status or data centre)
+                self.authorizer.forget(lic.login)
         if full:
             # Also the safety net for a row edited by hand in SQL, bypassing change_seq.
             self._dates = {lic.login: lic for lic in changed}

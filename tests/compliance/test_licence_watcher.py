@@ -143,3 +143,38 @@ async def test_incremental_polls_and_the_full_scan_safety_net(seeded: LicenceReg
     await seeded.suspend("bolat", date(2026, 7, 1), "x")
     changed, seq_after = await seeded.licence_dates(seq_before)
     assert [lic.login for lic in changed] == ["bolat"] and seq_after == seq_before + 1
+
+
+async def test_licence_records_are_kept_between_authorizations_until_their_row_changes(
+        seeded: LicenceRegistry, registry_db: Database, clock: SettableClock) -> None:
+    """A reconnect storm reads each login once; a change to the licence row (seen by the watcher)
+    or the record's age makes the next authorization read the registry again."""
+    from stratum.interfaces import Account, Peer, Refusal
+    now = [1000.0]
+    auth = RegistryAuthorizer(seeded, False, clock, sleep=lambda _s: asyncio.sleep(0), record_cache_s=30.0,
+                              monotonic=lambda: now[0])
+    watcher = LicenceWatcher(seeded, Calls(), clock=clock, authorizer=auth)
+    await watcher.poll_once()
+    peer = Peer("198.51.100.7", 4000)
+    for rig in range(5):
+        assert isinstance(await auth.authorize(f"alice.rig{rig}", "x", peer), Account)
+        assert isinstance(await auth.authorize(f"bolat.rig{rig}", "x", peer), Account)
+    assert auth.registry_reads == 2                          # one read per login, not per rig
+    assert isinstance(await auth.authorize("nobody.rig1", "x", peer), Refusal)
+    assert isinstance(await auth.authorize("nobody.rig2", "x", peer), Refusal)
+    assert auth.registry_reads == 4                          # unknown logins are never kept
+
+    cli = other_process(registry_db, clock)
+    try:
+        await cli.revoke("alice", "licence withdrawn by order 9")
+        await watcher.poll_once()
+        refused = await auth.authorize("alice.rig9", "x", peer)
+        assert isinstance(refused, Refusal) and refused.reason == "licence_revoked"
+        assert auth.registry_reads == 5                      # the changed row was read again
+        assert isinstance(await auth.authorize("bolat.rig9", "x", peer), Account)
+        assert auth.registry_reads == 5                      # bolat's row did not change: still kept
+        now[0] += 31.0
+        assert isinstance(await auth.authorize("bolat.rig10", "x", peer), Account)
+        assert auth.registry_reads == 6                      # aged out: read again
+    finally:
+        await cli.db.close()
