@@ -6,7 +6,11 @@ Work stops for a login when (first match names the reason):
 - `quota_used_up`: the login's or its data centre's monthly energy quota is used up
   (compliance/energy_accounting.py, when wired);
 - `outside_schedule`: the current hour (Kazakhstan time) is not allotted to it
-  (compliance/schedule.py).
+  (compliance/schedule.py);
+- `hourly_volume_used_up`: the hour is allotted, but the energy estimated from the accepted work of
+  the allotment's logins in this hour reached its volume, allowed_kw x 1 h (compliance/hourly_volume.py,
+  from the accountant's `hour_usage`, when wired); released at the next hour whose allotment is
+  not used up.
 
 `CurtailmentEnforcer` polls the database every `poll_s` (<= 2 s, so an order reaches the miners
 within 5 s), and also wakes exactly at each hour boundary, when schedules change. When the state
@@ -17,7 +21,8 @@ changes it judges the connected logins (`connected_logins()`) and the ones it bl
 - released: `on_release(login)`; the miner is welcome back (its next authorization succeeds).
 `work_allowed(login)` / `blocked_reason(login)` are in-memory reads for the authorizer, the job
 broadcast and the share path. Each scope that starts or stops being blocked (an order, a quota, a
-schedule's hour) is recorded in the audit log (kind curtailment), once per node.
+schedule's hour, an allotment's volume in one hour) is recorded in the audit log (kind curtailment),
+once per node.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from . import audit_events
 from .curtailment_orders import Order, kz_text, orders_in_force
 from .energy import QuotaState
 from .energy_accounting import datacentres_of
+from .hourly_volume import MAX_RESERVE_S, HourUsage, VolumeState, hour_start_s, judge_volumes
 from .models import Licence
 from .schedule import ScheduleBook, kz_hour
 from .standing import Clock, kz_today, utc_now
@@ -45,6 +51,7 @@ log = logging.getLogger("kzpool.compliance.curtailment")
 CURTAILED = "curtailed"
 QUOTA_USED_UP = "quota_used_up"
 OUTSIDE_SCHEDULE = "outside_schedule"
+HOURLY_VOLUME_USED_UP = "hourly_volume_used_up"
 MAX_POLL_S = 2.0
 BlockCallback = Callable[[str, str, bool], None]     # (login, text, disconnect)
 AuditSink = Callable[[str, dict[str, Any]], None]
@@ -56,7 +63,8 @@ class CurtailmentEnforcer:
                  connected_logins: Callable[[], Iterable[str]] = lambda: (),
                  quota: Callable[[], QuotaState | None] | None = None, grace_s: float = 30.0,
                  poll_s: float = 1.0, clock: Clock = utc_now, audit: AuditSink | None = None,
-                 node_id: str = "") -> None:
+                 node_id: str = "", hour_usage: Callable[[], HourUsage | None] | None = None,
+                 volume_reserve_s: float = 0.0) -> None:
         if not 0 < poll_s <= MAX_POLL_S:
             raise ValueError(f"curtailment.poll_s must be in (0, {MAX_POLL_S}]: orders reach miners within 5 s")
         if grace_s < 0:
@@ -67,6 +75,10 @@ class CurtailmentEnforcer:
         self.on_release = on_release
         self.connected_logins = connected_logins
         self.quota = quota
+        self.hour_usage = hour_usage
+        self.volume_reserve_s = volume_reserve_s
+        if not 0 <= volume_reserve_s <= MAX_RESERVE_S:
+            raise ValueError(f"curtailment.volume_reserve_s must be in [0, {MAX_RESERVE_S:g}]")
         self.grace_s = grace_s
         self.poll_s = poll_s
         self.clock = clock
@@ -77,6 +89,9 @@ class CurtailmentEnforcer:
         self._by_login: dict[str, Order] = {}
         self._by_dc: dict[str, Order] = {}
         self._quota: QuotaState | None = None
+        self._volume: VolumeState | None = None
+        self._volume_inputs: tuple[Any, ...] | None = None
+        self._volume_usage: HourUsage | None = None
         self._dcs: dict[str, str] = {}
         self._licence_seq: int | None = None
         self._fingerprint: tuple[Any, ...] | None = None
@@ -102,6 +117,11 @@ class CurtailmentEnforcer:
         """Logins the enforcer is withholding from work now (for the metrics)."""
         return len(self._blocked)
 
+    @property
+    def volume(self) -> VolumeState | None:
+        """This hour's day-ahead allotments and the energy used against them (for the metrics)."""
+        return self._volume
+
     def work_allowed(self, login: str) -> bool:
         return self.blocked_reason(login) is None
 
@@ -115,10 +135,14 @@ class CurtailmentEnforcer:
             return f"{QUOTA_USED_UP}: {quota}"
         allowed, source = self.schedule.allowed_at(login, dc, self._now)
         if allowed:
-            return None
+            volume = self._volume.used_up(self.schedule.allotment(login, dc, self._now)) if self._volume else None
+            if volume is None:
+                return None
         back = self.schedule.next_allowed(login, dc, self._now)
         until = f" until {kz_text(back)}" if back else ""
-        return f"{OUTSIDE_SCHEDULE}: grid power is not allotted to {source} in this hour{until}"
+        if not allowed:
+            return f"{OUTSIDE_SCHEDULE}: grid power is not allotted to {source} in this hour{until}"
+        return f"{HOURLY_VOLUME_USED_UP}: {self._volume.describe(volume)}{until}"
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,10 +185,24 @@ class CurtailmentEnforcer:
         self.polls += 1
 
     # ---- judging a new state ------------------------------------------------------------------------
+    def _judge_volumes(self, now: datetime) -> VolumeState | None:
+        """This hour's allotments against the accountant's latest estimate; recomputed only when
+        the estimate, the hour, the schedule or the registry changed."""
+        if self.hour_usage is None:
+            return None
+        usage = self.hour_usage()
+        inputs = (hour_start_s(now), self.schedule.version, self._licence_seq)
+        if inputs != self._volume_inputs or usage is not self._volume_usage or self._volume is None:
+            self._volume_inputs, self._volume_usage = inputs, usage
+            self._volume = judge_volumes(self.schedule, now, usage, self._dcs, self.volume_reserve_s)
+        return self._volume
+
     def apply(self, now: datetime, orders: list[Order]) -> None:
         quota = self.quota() if self.quota is not None else None
+        volume = self._judge_volumes(now)
         fingerprint = (tuple(o.id for o in orders), kz_hour(now), self.schedule.version, self._licence_seq,
-                       tuple(sorted(quota.exhausted)) if quota else (), quota.month if quota else None)
+                       tuple(sorted(quota.exhausted)) if quota else (), quota.month if quota else None,
+                       volume.exhausted if volume else ())
         if fingerprint == self._fingerprint:
             return
         first = self._fingerprint is None
@@ -233,6 +271,13 @@ class CurtailmentEnforcer:
             if hours is not None and not hours.allows(hour):
                 scopes[f"schedule:{scope}:{target}"] = ("schedule", scope, target or "-",
                                                         f"hour {hour} (UTC+5) not allotted", {"hours": source})
+        volume = self._volume
+        if volume is not None and volume.hour_s == hour_start_s(self._now):
+            # Keyed by the hour as well: one block record per scope and hour, released when the hour ends.
+            for key in volume.exhausted:
+                v = volume.scopes[key]
+                scopes[f"volume:{day.isoformat()}T{hour:02d}:{key}"] = (
+                    "volume", v.scope, v.target, volume.describe(v), volume.audit_details(v))
         return scopes
 
     def _record_scopes(self, first: bool) -> None:

@@ -4,8 +4,11 @@
 whole current Kazakhstan month on its first run) from the shares table plus worker_stats_minute
 (compaction moves old shares there), writes them to energy_hours (an upsert: running it twice, or
 on two nodes, gives the same rows), then sums the month and says which quotas are used up
-(`quota`). Late shares (a spill file replayed after an outage) are counted when they land inside
-the recompute window; `kzpool energy report` recomputes its whole month anyway.
+(`quota`), and reads the current hour's energy per login back (`hour_usage`, what the hourly
+volume rule of compliance/hourly_volume.py judges: as fresh as this update, so at most `interval_s`
+old for the writer, and `interval_s` more for a reader). Late shares (a spill file replayed after an
+outage) are counted when they land inside the recompute window; `kzpool energy report` recomputes
+its whole month anyway.
 
 Both sources are read in one statement, so a compaction moving rows between them concurrently
 can neither hide nor double a share.
@@ -25,6 +28,7 @@ from pool.db import Database
 from pool.share_export import to_micros
 
 from .energy import QuotaState, kwh_for, kz_month_bounds, kz_month_of, quota_state
+from .hourly_volume import HourUsage
 from .models import Licence
 from .power_models import EnergyHour
 from .power_plan import ElectricityPlan
@@ -97,6 +101,7 @@ class EnergyAccountant:
         # on several machines); the others only read this month's totals for their quota state.
         self.writer = writer
         self.quota: QuotaState | None = None
+        self.hour_usage: HourUsage | None = None        # this hour's kWh per login, as of the last update
         self._first = True
         self._task: asyncio.Task[None] | None = None
 
@@ -136,6 +141,14 @@ class EnergyAccountant:
                 .group_by(EnergyHour.login))
             return {login: float(kwh) for login, kwh in rows}
 
+    async def hour_energy(self, hour_s: int, now: datetime) -> HourUsage:
+        """One hour's stored energy per login, as of when it was computed (`now` if nothing is stored)."""
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(select(EnergyHour.login, EnergyHour.kwh, EnergyHour.computed_us)
+                                       .where(EnergyHour.hour_s == hour_s))).all()
+        as_of = (datetime.fromtimestamp(max(r[2] for r in rows) / 1e6, UTC) if rows else now)
+        return HourUsage(hour_s, {login: float(kwh) for login, kwh, _ in rows}, as_of)
+
     # ---- writing --------------------------------------------------------------------------------------
     async def store(self, hours: list[HourEnergy]) -> None:
         if not hours:
@@ -167,6 +180,7 @@ class EnergyAccountant:
         async with self.db.engine.connect() as conn:
             dcs = await datacentres_of(conn)
         state = quota_state(self.plan, month, usage, dcs)
+        self.hour_usage = await self.hour_energy(int(_floor_hour(now).timestamp()), now)
         for key in sorted(set(state.exhausted) - set(self.quota.exhausted if self.quota else {})):
             log.warning("event=energy_quota_used_up scope=%s", key)
         self.quota = state

@@ -7,15 +7,20 @@ market (09:30-10:00 Astana time, the day before). An operator imports each day's
     date,datacentre,login,hour,allowed_kw
     2026-12-01,dc-almaty-1,,0,1500
 
-`date` and `hour` (0..23) are Kazakhstan time (UTC+5); exactly one of datacentre / login is set;
-allowed_kw 0 means not allotted. An import replaces every (date, data centre or login) it names,
-and hours it does not list for one of them are not allotted. It is all or nothing: a file with one
-bad row changes nothing.
+`date` and `hour` (0..23) are Kazakhstan time (UTC+5); exactly one of datacentre / login is set.
+allowed_kw is both the rule for the hour and its volume: 0 means not allotted; above 0 the hour is
+allotted and its grid energy may reach allowed_kw x 1 h (kWh), enforced by
+compliance/hourly_volume.py. An import replaces every (date, data centre or login) it names, and
+hours it does not list for one of them are not allotted. It is all or nothing: a file with one bad
+row changes nothing.
 
 For a login at an instant the first that exists decides: the login's day-ahead hours for that
 date, its data centre's day-ahead hours, then the standing hours (login, data centre, default;
-compliance/power_plan.py). Kazakhstan's hours start on UTC hour boundaries (UTC+5, no DST), so
-"the hour" of an instant is the same hour either way; only the date and the hour number differ.
+compliance/power_plan.py). The same precedence names the allotment whose volume the login draws
+on (`ScheduleBook.allotment`): the login's own day-ahead row, else its data centre's (shared by
+every login of the data centre without rows of its own that date); standing hours carry no volume.
+Kazakhstan's hours start on UTC hour boundaries (UTC+5, no DST), so "the hour" of an instant is
+the same hour either way; only the date and the hour number differ.
 """
 from __future__ import annotations
 
@@ -46,6 +51,25 @@ class DayAheadRow:
     target: str
     hour: int
     allowed_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class Allotment:
+    """The day-ahead allotment a login draws on in one Kazakhstan hour: whose it is and its power.
+    Its volume is allowed_kw x 1 h (kWh); a data centre's is shared by the logins it governs."""
+    scope: str                       # "login" | "datacentre"
+    target: str
+    day: date                        # Kazakhstan date
+    hour: int                        # 0..23, Kazakhstan time
+    allowed_kw: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}:{self.target}"
+
+    @property
+    def kwh(self) -> float:
+        return self.allowed_kw * 1.0     # one hour at the allotted power
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +159,28 @@ async def day_ahead_seq(conn: AsyncConnection) -> int:
     return (await conn.execute(select(func.max(DayAheadHour.import_seq)))).scalar() or 0
 
 
-async def load_day_ahead(conn: AsyncConnection, first: date, last: date) -> dict[date, dict[ScopeKey, HourSet]]:
-    """Allotted hours (allowed_kw > 0) per date and scope, for first..last inclusive."""
-    masks: dict[date, dict[ScopeKey, int]] = defaultdict(lambda: defaultdict(int))
+DayAheadKw = dict[date, dict[ScopeKey, tuple[float, ...]]]     # 24 allowed_kw values per date and scope
+
+
+async def load_day_ahead_kw(conn: AsyncConnection, first: date, last: date) -> DayAheadKw:
+    """allowed_kw of each hour (0..23) per date and scope, for first..last inclusive."""
+    kw: dict[date, dict[ScopeKey, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0] * 24))
     rows = await conn.execute(select(DayAheadHour.day, DayAheadHour.scope, DayAheadHour.target, DayAheadHour.hour,
                                      DayAheadHour.allowed_kw).where(DayAheadHour.day >= first, DayAheadHour.day <= last))
-    for day, scope, target, hour, kw in rows:
-        masks[day][(scope, target)] |= (1 << hour) if kw > 0 else 0
-    return {day: {key: HourSet(mask) for key, mask in by_scope.items()} for day, by_scope in masks.items()}
+    for day, scope, target, hour, allowed_kw in rows:
+        kw[day][(scope, target)][hour] = float(allowed_kw)
+    return {day: {key: tuple(values) for key, values in by_scope.items()} for day, by_scope in kw.items()}
+
+
+def hour_sets(kw: DayAheadKw) -> dict[date, dict[ScopeKey, HourSet]]:
+    """The allotted hours (allowed_kw > 0) of day-ahead kW values."""
+    return {day: {key: HourSet(sum(1 << h for h, v in enumerate(values) if v > 0)) for key, values in by_scope.items()}
+            for day, by_scope in kw.items()}
+
+
+async def load_day_ahead(conn: AsyncConnection, first: date, last: date) -> dict[date, dict[ScopeKey, HourSet]]:
+    """Allotted hours (allowed_kw > 0) per date and scope, for first..last inclusive."""
+    return hour_sets(await load_day_ahead_kw(conn, first, last))
 
 
 class ScheduleBook:
@@ -152,13 +190,19 @@ class ScheduleBook:
     def __init__(self, plan: ElectricityPlan) -> None:
         self.plan = plan
         self._days: dict[date, dict[ScopeKey, HourSet]] = {}
+        self._kw: DayAheadKw = {}
         self._seq = -1
         self._loaded: tuple[date, date] | None = None
         self.version = 0                 # bumped whenever the day-ahead hours in memory change
 
-    def set_day_ahead(self, days: dict[date, dict[ScopeKey, HourSet]]) -> None:
+    def set_day_ahead(self, days: dict[date, dict[ScopeKey, HourSet]], kw: DayAheadKw | None = None) -> None:
+        """The day-ahead hours; with their kW values the allotments' volumes are known too."""
         self._days = days
+        self._kw = kw or {}
         self.version += 1
+
+    def set_day_ahead_kw(self, kw: DayAheadKw) -> None:
+        self.set_day_ahead(hour_sets(kw), kw)
 
     def day_ahead(self, day: date) -> dict[ScopeKey, HourSet]:
         return self._days.get(day, {})
@@ -169,17 +213,42 @@ class ScheduleBook:
         span = (today - timedelta(days=1), today + timedelta(days=1))
         if seq == self._seq and span == self._loaded:
             return False
-        self.set_day_ahead(await load_day_ahead(conn, *span))
+        self.set_day_ahead_kw(await load_day_ahead_kw(conn, *span))
         self._seq, self._loaded = seq, span
         return True
 
-    def hours(self, login: str, datacentre: str | None, day: date) -> tuple[HourSet, str]:
-        """The hours in force on a KZ date and whose they are (`day-ahead login:x`, `datacentre:y`...)."""
+    def _day_ahead_key(self, login: str, datacentre: str | None, day: date) -> ScopeKey | None:
+        """Whose day-ahead rows decide for a login on a KZ date (the login's, then its data
+        centre's), or None when standing hours do."""
         today = self._days.get(day, {})
         for key in (("login", login), ("datacentre", datacentre or "")):
             if key in today:
-                return today[key], f"day-ahead {key[0]}:{key[1]}"
+                return key
+        return None
+
+    def hours(self, login: str, datacentre: str | None, day: date) -> tuple[HourSet, str]:
+        """The hours in force on a KZ date and whose they are (`day-ahead login:x`, `datacentre:y`...)."""
+        key = self._day_ahead_key(login, datacentre, day)
+        if key is not None:
+            return self._days[day][key], f"day-ahead {key[0]}:{key[1]}"
         return self.plan.standing_hours(login, datacentre)
+
+    def allotment(self, login: str, datacentre: str | None, moment: datetime) -> Allotment | None:
+        """The day-ahead allotment this login draws on in the hour of `moment` (allowed_kw may be 0:
+        not allotted), by the same precedence as `hours`; None when standing hours decide (they
+        carry no volume) or the kW values are not known."""
+        day, hour = kz_hour(moment)
+        key = self._day_ahead_key(login, datacentre, day)
+        kw = self._kw.get(day, {}).get(key) if key is not None else None
+        if key is None or kw is None:
+            return None
+        return Allotment(key[0], key[1], day, hour, kw[hour])
+
+    def allotments_at(self, moment: datetime) -> list[Allotment]:
+        """Every day-ahead allotment (data centre or login) of the hour of `moment`."""
+        day, hour = kz_hour(moment)
+        return [Allotment(scope, target, day, hour, kw[hour])
+                for (scope, target), kw in sorted(self._kw.get(day, {}).items())]
 
     def scope_hours(self, scope: str, target: str, day: date) -> tuple[HourSet | None, str]:
         """One scope's own hours on a KZ date (None: it has none and inherits), and their source;

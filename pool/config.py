@@ -191,6 +191,9 @@ class ElectricityConfig:
 class CurtailmentConfig:
     grace_s: float = 30.0               # from client.show_message to the disconnect
     poll_s: float = 1.0                 # <= 2 s so orders reach miners within 5 s
+    # Seconds of each day-ahead hour's allotted power held back for the hourly volume rule's latency
+    # (energy.update_s + poll_s): work stops at allowed_kw x (3600 - this) / 3600 kWh. 0..1800.
+    volume_reserve_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +307,8 @@ class PoolConfig:
                 raise ConfigError(f"coinbase.payout_address: {exc}") from None
         if not 0 < self.curtailment.poll_s <= 2:
             raise ConfigError("curtailment.poll_s must be in (0, 2]: orders reach miners within 5 s")
+        if not 0 <= self.curtailment.volume_reserve_s <= 1800:
+            raise ConfigError("curtailment.volume_reserve_s must be in [0, 1800] seconds of the allotted power")
         if self.mode == "production" and not self.accreditation.number:
             raise ConfigError("accreditation.number is required in production mode")
         try:

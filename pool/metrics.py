@@ -107,7 +107,7 @@ RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 # curtailment.py, work_gate.py, accreditation.py, pool/allowlist_auth.py).
 REFUSAL_REASONS = ("unknown_login", "licence_expired", "licence_suspended", "licence_revoked",
                    "licence_not_yet_valid", "address_outside_datacentre", "address_not_allowed",
-                   "registry_unavailable", "curtailed", "quota_used_up", "outside_schedule",
+                   "registry_unavailable", "curtailed", "quota_used_up", "outside_schedule", "hourly_volume_used_up",
                    "location_attestation_failed", "accreditation_expired", "internal_error")
 
 
@@ -167,8 +167,36 @@ class PoolCollector(Collector):
                     "time)", labels=["state"])
         acc.add_metric([status.state], status.days_left if status.days_left is not None else -1)
         yield acc
-        yield gauge("kzpool_curtailed_logins", "Logins withheld from work now (curtailment, schedule or quota)",
-                    rules.curtailment.blocked_count)
+        yield gauge("kzpool_curtailed_logins", "Logins withheld from work now (curtailment, schedule, quota or "
+                    "hourly volume)", rules.curtailment.blocked_count)
+        yield from PoolCollector._hourly_volume(rules)
+
+    @staticmethod
+    def _hourly_volume(rules: Any) -> Iterator[Metric]:
+        """This Kazakhstan hour's day-ahead allotments against the energy estimated from accepted
+        work (compliance/hourly_volume.py): per data centre only, logins' own allotments counted."""
+        volume = rules.curtailment.volume
+        scopes = volume.scopes.values() if volume is not None else ()
+        energy = gauge("kzpool_hour_energy_kwh", "This Kazakhstan hour's grid-power allotment of each data centre "
+                       "with a day-ahead allotment (kind=allotted) and the energy estimated against it so far "
+                       "(kind=used)", labels=["datacentre", "kind"])
+        used_up = gauge("kzpool_hourly_volumes_used_up", "Day-ahead allotments whose volume for this hour is used "
+                        "up (their logins get no work until the next hour)", labels=["scope"])
+        counts = {"datacentre": 0, "login": 0}
+        for v in scopes:
+            counts[v.scope] = counts.get(v.scope, 0) + (1 if v.used_up else 0)
+            if v.scope == "datacentre":
+                energy.add_metric([v.target, "allotted"], v.allotted_kwh)
+                energy.add_metric([v.target, "used"], v.used_kwh)
+        for scope, n in sorted(counts.items()):
+            used_up.add_metric([scope], n)
+        yield energy
+        yield used_up
+        usage = rules.energy.hour_usage
+        if usage is not None:
+            yield gauge("kzpool_energy_estimate_age_seconds", "Age of the energy estimate the hourly volume rule "
+                        "judges by (about energy.update_s when current)",
+                        max(0.0, (rules.energy.clock() - usage.as_of).total_seconds()))
 
     @staticmethod
     def _build_info(app: "PoolApp") -> Metric:

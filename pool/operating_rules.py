@@ -53,6 +53,7 @@ class OperatingRules:
         self.curtailment = CurtailmentEnforcer(
             db, ScheduleBook(plan), grace_s=cfg.curtailment.grace_s, poll_s=cfg.curtailment.poll_s,
             connected_logins=connected_logins, quota=lambda: self.energy.quota, audit=audit, node_id=node_name,
+            hour_usage=lambda: self.energy.hour_usage, volume_reserve_s=cfg.curtailment.volume_reserve_s,
             on_block=lambda login, text, disconnect: server().show_message(sessions_of(login), text,
                                                                            disconnect=disconnect))
         # Work: the node's location and the miner's electricity. Authorization additionally needs a

@@ -159,5 +159,6 @@ def test_refusal_reasons_exported_from_zero_are_the_ones_the_code_uses():
     used = {authorizer.UNKNOWN_LOGIN, authorizer.OUTSIDE_DATACENTRE, authorizer.REGISTRY_UNAVAILABLE,
             standing.EXPIRED, standing.SUSPENDED, standing.REVOKED, standing.NOT_YET_VALID,
             curtailment.CURTAILED, curtailment.QUOTA_USED_UP, curtailment.OUTSIDE_SCHEDULE,
+            curtailment.HOURLY_VOLUME_USED_UP,
             work_gate.NODE_LOCATION_FAILED, accreditation.ACCREDITATION_EXPIRED}
     assert used <= set(REFUSAL_REASONS)
