@@ -1,6 +1,8 @@
 """`kzpool payouts ...` and `kzpool report ...`: the operator's payout and reporting commands.
 
     kzpool payouts run [--dry-run]           pay balances over the threshold (sendmany or PSBT)
+    kzpool payouts cancel RUN_ID --reason TEXT [--psbt-lost]
+                                             close a PSBT run never broadcast; its amounts back
     kzpool payouts balances                  immature / available / frozen per miner, pool accounts
     kzpool payouts deposit-set LOGIN --exchange ID --address ADDR --share-bps N
     kzpool payouts deposit-remove LOGIN
@@ -35,6 +37,7 @@ from compliance.registry import LicenceRegistry
 from pool.config import ConfigError, PoolConfig
 from pool.db import Database, SchemaError
 
+from .cancel import CancelRefused, cancel_run
 from .deposits import DepositError, remove_deposit, set_deposit
 from .gates import LicenceGate, PayoutGate
 from .ledger import Ledger, parse_miner_account
@@ -129,6 +132,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             await wallet.close()
         _print_run(result)
         return 0 if result.status in OK_STATUSES else 1
+    return _run(args, work)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def work(ctx: Context) -> int:
+        s = ctx.settings
+        wallet = WalletRpc(s.wallet_rpc_url, user=s.wallet_rpc_user, password=s.wallet_rpc_password,
+                           cookie_file=s.wallet_rpc_cookie_file, timeout_s=s.wallet_rpc_timeout_s)
+        try:
+            result = await cancel_run(ctx.db, ctx.ledger, wallet, s, args.run_id, args.reason, getpass.getuser(),
+                                      psbt_lost=args.psbt_lost, audit=ctx.audit.record)
+        except CancelRefused as exc:
+            print(f"kzpool: cancel refused ({exc.code}): {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await wallet.close()
+        for login, sats in sorted(result.items.items()):
+            print(f"back     {login:<24} {btc_string(sats):>16} BTC  (available again)")
+        for txid, vout in result.unlocked:
+            print(f"unlocked {txid}:{vout}")
+        if result.psbt_path:
+            print(f"PSBT moved to {result.psbt_path}")
+        print(f"checked: {result.evidence}")
+        print(f"payout run {result.run_id}: cancelled by {result.operator}: {btc_string(result.total_sats)} BTC back "
+              f"on {len(result.items)} miner balance(s)")
+        return 0
     return _run(args, work)
 
 
@@ -243,6 +272,11 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader,
     group = payouts.add_subparsers(dest="payouts_command", required=True)
     leaf(group, "run", cmd_run, "pay every licensed balance over payouts.threshold_sats") \
         .add_argument("--dry-run", action="store_true", help="show what would be frozen and paid; change nothing")
+    cancel = leaf(group, "cancel", cmd_cancel, "cancel a PSBT payout run whose transaction was never broadcast")
+    cancel.add_argument("run_id", metavar="RUN_ID", help="the payout run id (`payout run <id>: psbt` of the run)")
+    cancel.add_argument("--reason", required=True, help="why (recorded on the run, the ledger and the audit log)")
+    cancel.add_argument("--psbt-lost", action="store_true",
+                        help="the run's PSBT file is gone everywhere: check only the txid with the wallet")
     leaf(group, "balances", cmd_balances, "immature, available and frozen balances per miner")
     deposit = leaf(group, "deposit-set", cmd_deposit_set, "register a miner's licensed-exchange deposit address")
     deposit.add_argument("login")

@@ -14,6 +14,12 @@ posting a ref that exists does nothing, so a step retried after a crash never co
 Writes go through `Ledger.write()`: one transaction holding the ledger's write lock (SQLite
 BEGIN IMMEDIATE, a PostgreSQL advisory lock), so a balance read inside it stays true until commit.
 Each posting is sent to the audit log once its transaction committed.
+
+Money the chain took back after the miners could spend it (a block orphaned after maturity), or a
+payment the ledger had given back (a cancelled PSBT broadcast anyway), is taken back from the
+miners' available, then frozen balances, never below zero (`claw_back`); what they no longer hold
+(already paid out, or reserved by a run) is booked to `pool:deficit`, whose negative balance is
+the pool's loss, per login in the posting's memo, for the operator to cover or recover by hand.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ POOL_FEES_IMMATURE = "pool:fees:immature"
 POOL_PPS = "pool:pps"                           # PPS/FPPS: rewards in, share credits out; may go
 POOL_PPS_IMMATURE = "pool:pps:immature"         # negative: the pool carries the variance
 PAYOUT_IN_FLIGHT = "payout:in_flight"           # reserved by a committed run, not yet seen sent
+POOL_DEFICIT = "pool:deficit"                   # paid to miners with nothing behind it (negative)
 IMMATURE, AVAILABLE, FROZEN = "immature", "available", "frozen"
 
 
@@ -97,6 +104,38 @@ class Balance:
 def lines_from(pairs: Iterable[tuple[str, int, int]]) -> tuple[Line, ...]:
     """Lines with zero amount and zero commission dropped."""
     return tuple(Line(a, amt, com) for a, amt, com in pairs if amt or com)
+
+
+def claw_back(balances: Mapping[str, Balance], claims: Iterable[tuple[str, int, int]]
+              ) -> tuple[list[Line], dict[str, int]]:
+    """Lines taking each claim (login, sats, commission) back from the miner's available balance,
+    then its frozen one, neither below zero, and the rest (the shortfall) out of `pool:deficit`.
+    Commission goes with the amount taken, pro rata (floored), never more than the bucket holds.
+    Returns the lines (amounts sum to minus the claims) and the shortfall per login (> 0 only)."""
+    owed: dict[str, list[int]] = {}
+    for login, sats, commission in claims:
+        entry = owed.setdefault(login, [0, 0])
+        entry[0] += sats
+        entry[1] += commission
+    lines: list[Line] = []
+    shortfall: dict[str, int] = {}
+    for login, (sats, commission) in sorted(owed.items()):
+        for bucket in (AVAILABLE, FROZEN):
+            if sats <= 0:
+                break
+            held = balances.get(miner_account(login, bucket), Balance())
+            take = min(sats, max(0, held.amount))
+            if take <= 0:
+                continue
+            com = commission if take == sats else commission * take // sats
+            com = min(com, max(0, held.commission))
+            lines.append(Line(miner_account(login, bucket), -take, -com))
+            sats, commission = sats - take, commission - com
+        if sats > 0:
+            shortfall[login] = sats
+    if shortfall:
+        lines.append(Line(POOL_DEFICIT, -sum(shortfall.values())))
+    return lines, shortfall
 
 
 class LedgerWriter:

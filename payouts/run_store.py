@@ -6,21 +6,26 @@ moves from `available` to `payout:in_flight`) in one transaction, before anythin
   from the pool's fees to chain:network_fees; status sent;
 - `mark_psbt`: the unsigned PSBT is written; the money stays in flight until the wallet sees it;
 - `cancel`: the wallet positively does not have it (refused it, or a lost run past its grace
-  time): the reserve is reversed exactly, status cancelled or failed.
+  time, or an operator's `kzpool payouts cancel` of a PSBT never broadcast): the reserve is
+  reversed exactly, status cancelled or failed;
+- `mark_sent_after_cancel`: a cancelled PSBT run's transaction reached the wallet after all (the
+  signer broadcast it anyway): its amounts are taken back from the miners (`claw_back`, the rest
+  to `pool:deficit`), the payment booked, status sent, so the report shows the distribution.
 Postings are keyed `payout:<run>:reserve|sent|cancelled`, so a retried step counts once.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import insert, select, update
 
 from pool.db import Database
 
 from .ledger import AVAILABLE, CHAIN_NETWORK_FEES, CHAIN_PAYMENTS, PAYOUT_IN_FLIGHT, POOL_FEES, Ledger, Line, \
-    Posting, lines_from, miner_account
+    Posting, claw_back, lines_from, miner_account
 from .models import PayoutItem, PayoutRun
 from .payout_plan import PlannedItem, outputs_of
 
@@ -39,6 +44,8 @@ class StoredRun:
     txid: str | None = None
     sent_us: int | None = None
     items: list[PlannedItem] = field(default_factory=list)
+    psbt_path: str | None = None
+    note: str = ""
 
     @property
     def outputs(self) -> dict[str, int]:
@@ -84,9 +91,17 @@ class RunStore:
             await writer.post(_reserve(run_id, items))
         return StoredRun(run_id, label, method, PREPARED, now, total, items=list(items))
 
-    async def runs(self, statuses: Sequence[str] = IN_FLIGHT, *, sent_from_us: int | None = None,
-                   sent_to_us: int | None = None) -> list[StoredRun]:
-        query = select(PayoutRun).where(PayoutRun.status.in_(list(statuses)))
+    async def run(self, run_id: str) -> StoredRun | None:
+        found = await self.runs(None, run_id=run_id)
+        return found[0] if found else None
+
+    async def runs(self, statuses: Sequence[str] | None = IN_FLIGHT, *, sent_from_us: int | None = None,
+                   sent_to_us: int | None = None, run_id: str | None = None) -> list[StoredRun]:
+        query = select(PayoutRun)
+        if statuses is not None:
+            query = query.where(PayoutRun.status.in_(list(statuses)))
+        if run_id is not None:
+            query = query.where(PayoutRun.id == run_id)
         if sent_from_us is not None:
             query = query.where(PayoutRun.sent_us >= sent_from_us)
         if sent_to_us is not None:
@@ -101,7 +116,7 @@ class RunStore:
                 i.login, i.licence_no, i.licence_issued, i.amount_sats, i.commission_sats, i.wallet_address,
                 i.wallet_sats, i.exchange_id, i.exchange_address, i.exchange_sats, i.exchange_share_bps))
         return [StoredRun(r.id, r.label, r.method, r.status, r.created_us, r.total_sats, r.txid, r.sent_us,
-                          by_run.get(r.id, [])) for r in rows]
+                          by_run.get(r.id, []), r.psbt_path, r.note or "") for r in rows]
 
     async def mark_sent(self, run: StoredRun, txid: str, fee_sats: int, sent_us: int | None = None) -> bool:
         """Record the wallet's transaction; False if the run was already marked (a retried step).
@@ -123,13 +138,43 @@ class RunStore:
             await conn.execute(update(PayoutRun).where(PayoutRun.id == run.id).values(
                 status=PSBT, txid=txid, psbt_path=path, network_fee_sats=fee_sats, updated_us=self._now_us()))
 
-    async def cancel(self, run: StoredRun, status: str, note: str) -> None:
-        """Give the reserved amounts back to the miners' available balances."""
+    async def cancel(self, run: StoredRun, status: str, note: str, *, memo: Mapping[str, Any] | None = None,
+                     psbt_path: str | None = None) -> bool:
+        """Give the reserved amounts back to the miners' available balances, and close the run, in
+        one transaction. False (nothing written) when the run was already cancelled: its
+        `payout:<run>:cancelled` posting exists. `memo` adds facts to the posting (who, why);
+        `psbt_path` records where the run's PSBT file went."""
         async with self.ledger.write() as writer:
             reserve = await writer.lines(f"payout:{run.id}:reserve")
             if await writer.has(f"payout:{run.id}:sent"):
                 raise RuntimeError(f"payout run {run.id} was sent; it cannot be cancelled")
-            await writer.post(Posting(f"payout:{run.id}:reserve", "payout_reserve", reserve).reversed(
-                f"payout:{run.id}:cancelled", "payout_cancelled", {"run": run.id, "reason": note}))
+            posted = await writer.post(Posting(f"payout:{run.id}:reserve", "payout_reserve", reserve).reversed(
+                f"payout:{run.id}:cancelled", "payout_cancelled", {"run": run.id, "reason": note, **(memo or {})}))
+            if not posted:
+                return False
+            values: dict[str, Any] = dict(status=status, note=note, updated_us=self._now_us())
+            if psbt_path is not None:
+                values["psbt_path"] = psbt_path
+            await writer.conn.execute(update(PayoutRun).where(PayoutRun.id == run.id).values(**values))
+        return True
+
+    async def mark_sent_after_cancel(self, run: StoredRun, txid: str, fee_sats: int, sent_us: int | None
+                                     ) -> dict[str, int] | None:
+        """Book a cancelled run's transaction that reached the wallet anyway: each item's amount (and
+        commission) back from the miner (`claw_back`: available, then frozen, the rest from
+        `pool:deficit`) to chain:payments, the network fee from the pool's fees; status sent.
+        Returns the shortfall per login (what the pool paid twice), None if already booked."""
+        async with self.ledger.write() as writer:
+            if await writer.has(f"payout:{run.id}:sent"):
+                return None
+            balances = await writer.balances("miner:")
+            taken, shortfall = claw_back(balances, [(i.login, i.amount_sats, i.commission_sats) for i in run.items])
+            posting = Posting(f"payout:{run.id}:sent", "payout_sent_after_cancel", tuple(taken) + lines_from([
+                (CHAIN_PAYMENTS, run.total_sats, 0), (POOL_FEES, -fee_sats, 0), (CHAIN_NETWORK_FEES, fee_sats, 0)]),
+                {"run": run.id, "txid": txid, "network_fee_sats": fee_sats, "shortfall": shortfall})
+            await writer.post(posting)
+            now = self._now_us()
             await writer.conn.execute(update(PayoutRun).where(PayoutRun.id == run.id).values(
-                status=status, note=note, updated_us=self._now_us()))
+                status=SENT, txid=txid, network_fee_sats=fee_sats, sent_us=sent_us or now, updated_us=now,
+                note=f"{run.note}; broadcast after the cancel" if run.note else "broadcast after the cancel"))
+        return shortfall

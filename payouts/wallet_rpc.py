@@ -12,6 +12,12 @@ Calls that spend (sendmany, walletcreatefundedpsbt, which locks coins) go over a
 their own, never a reused keep-alive one: RpcClient retries a request once when a reused
 connection closes before answering, which is right for reads but would send a payment twice if
 the wallet had executed it and then dropped the connection.
+
+Cancelling a PSBT run asks two more things: `output_unspent` (the node's gettxout, mempool
+included, through the wallet's endpoint: Core serves every RPC there) tells whether a coin the
+PSBT spends is still unspent, and `unlock` gives back the coins walletcreatefundedpsbt locked
+(listlockunspent, then lockunspent for those of them still locked: a restarted wallet has already
+forgotten non-persistent locks, and Core refuses to unlock a coin that is not locked).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pool.node_rpc import RpcClient, RpcError
+from pool.txparse import DecodeError, Transaction
 
 log = logging.getLogger("kzpool.payouts.wallet")
 
@@ -100,6 +107,18 @@ def psbt_txid(psbt_b64: str) -> str:
     return sha256(sha256(psbt_unsigned_tx(psbt_b64)).digest()).digest()[::-1].hex()
 
 
+Outpoint = tuple[str, int]          # (txid as display hex, output index)
+
+
+def psbt_inputs(psbt_b64: str) -> list[Outpoint]:
+    """The coins a PSBT's transaction spends, as (txid display hex, vout)."""
+    try:
+        tx = Transaction.deserialize(psbt_unsigned_tx(psbt_b64))
+    except (DecodeError, IndexError, ValueError) as exc:
+        raise WalletReplyError(f"PSBT's unsigned transaction does not parse: {exc}") from None
+    return [(i.prev_txid[::-1].hex(), i.prev_index) for i in tx.inputs]
+
+
 class WalletRpc:
     def __init__(self, url: str, *, user: str | None = None, password: str | None = None,
                  cookie_file: str | Path | None = None, timeout_s: float = 60.0) -> None:
@@ -173,6 +192,29 @@ class WalletRpc:
         if not isinstance(raw, dict) or not isinstance(raw.get("psbt"), str):
             raise WalletReplyError("walletcreatefundedpsbt result has no psbt")
         return FundedPsbt(raw["psbt"], sats_from_btc(raw.get("fee", 0)), psbt_txid(raw["psbt"]))
+
+    async def output_unspent(self, txid: str, vout: int) -> bool:
+        """True while the coin is unspent in the chain and by the node's mempool (gettxout with
+        include_mempool): False once anything spends it, or when the node never knew it."""
+        raw = await self.rpc.call("gettxout", txid, vout, True)
+        if raw is None:
+            return False
+        if not isinstance(raw, dict):
+            raise WalletReplyError("gettxout result is neither null nor an object")
+        return True
+
+    async def unlock(self, outpoints: list[Outpoint]) -> list[Outpoint]:
+        """Unlock those of `outpoints` the wallet holds locked; returns them."""
+        locked = await self.rpc.call("listlockunspent")
+        if not isinstance(locked, list):
+            raise WalletReplyError("listlockunspent result is not an array")
+        held = {(str(o.get("txid")), o.get("vout")) for o in locked if isinstance(o, dict)}
+        targets = [o for o in dict.fromkeys(outpoints) if o in held]
+        if targets:
+            done = await self.rpc.call("lockunspent", True, [{"txid": t, "vout": v} for t, v in targets])
+            if done is not True:
+                raise WalletReplyError(f"lockunspent returned {done!r}, not true")
+        return targets
 
     async def close(self) -> None:
         await self.rpc.close()

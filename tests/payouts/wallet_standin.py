@@ -10,12 +10,23 @@ output under the dust limit is -4; more than the balance is -6 "Insufficient fun
 Methods: sendmany (one transaction, `comment` stored with it, returns the txid), gettransaction
 (-5 "Invalid or non-wallet transaction id"), listtransactions (newest `count` after `skip`,
 oldest first, one entry per output, `comment` when set), walletcreatefundedpsbt (a real BIP174
-PSBT of an unsigned transaction spending the wallet's coins, which it locks).
+PSBT of an unsigned transaction spending the wallet's coins, which it locks), listlockunspent,
+lockunspent (Core's checks, all before any change: -8 unknown transaction, vout out of bounds,
+expected unspent output, expected locked output / output already locked; -3 for a malformed
+outpoint object), gettxout (a node RPC Core also serves on the wallet's endpoint: null for a coin
+spent in the chain, or in the mempool unless include_mempool is false, or never known).
+
+Coins: every transaction the stand-in builds spends one coin of its own (a made-up outpoint worth
+the spendable balance); the coin is spent when the transaction reaches the wallet (sendmany, or
+the cold signer's broadcast). A PSBT's coin stays locked until `lockunspent true` or its
+broadcast; unlocking does not make the PSBT unsignable, exactly as in Core: its coin is unspent.
 
 Crash injection: `refuse_next[method] = (code, message)` answers the next call with that error
 before doing anything; `drop_reply[method] = True` executes the next call (sendmany creates the
 transaction) and then closes the connection without answering, as if the pool died in between.
-`sign_and_broadcast(psbt)` plays the cold signer; `mine(n)` confirms the wallet's transactions.
+`sign_and_broadcast(psbt)` plays the cold signer (refused, as the network would, once the PSBT's
+coin is spent); `broadcast_replacement(psbt)` a fee bump of it (same coin and outputs, higher fee,
+another txid); `mine(n)` confirms the wallet's transactions.
 """
 from __future__ import annotations
 
@@ -54,6 +65,9 @@ _SPECS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {
                                ("locktime", (int,), False), ("options", (dict,), False),
                                ("bip32derivs", (bool,), False)],
     "getbalance": [],
+    "listlockunspent": [],
+    "lockunspent": [("unlock", (bool,), True), ("transactions", (list,), False), ("persistent", (bool,), False)],
+    "gettxout": [("txid", (str,), True), ("n", (int,), True), ("include_mempool", (bool,), False)],
 }
 
 
@@ -120,7 +134,11 @@ class WalletStandin:
     refuse_next: dict[str, tuple[int, str]] = field(default_factory=dict)
     drop_reply: dict[str, bool] = field(default_factory=dict)
     locked_sats: int = 0
-    pending_psbts: dict[str, tuple[list[tuple[str, int]], int, int]] = field(default_factory=dict)
+    # txid of each PSBT not yet broadcast -> (outputs, fee, total paid, the coin it spends)
+    pending_psbts: dict[str, tuple[list[tuple[str, int]], int, int, tuple[str, int]]] = field(default_factory=dict)
+    coins: dict[tuple[str, int], int] = field(default_factory=dict)       # (txid hex, vout) -> sats
+    spent_by: dict[tuple[str, int], str] = field(default_factory=dict)    # coin -> txid spending it
+    locks: dict[tuple[str, int], int] = field(default_factory=dict)       # locked coin -> sats it holds back
     clock: Callable[[], float] = time.time        # the wallet's own clock: a transaction's "time"
     _server: Any = None
     _counter: int = 0
@@ -154,15 +172,33 @@ class WalletStandin:
     def sign_and_broadcast(self, psbt_b64: str) -> str:
         """The cold signer: the PSBT's transaction becomes a wallet transaction (same txid: the
         inputs are segwit, signatures go to the witness)."""
-        data = base64.b64decode(psbt_b64)
-        assert data[:7] == b"psbt\xff\x01\x00", "the stand-in's own PSBT layout: unsigned tx first"
-        size = data[7]
-        raw = data[8:8 + size] if size < 0xFD else data[10:10 + int.from_bytes(data[8:10], "little")]
+        raw = _psbt_raw(psbt_b64)
+        txid = Transaction.deserialize(raw).txid[::-1].hex()
+        outputs, fee, total, coin = self.pending_psbts[txid]
+        if coin in self.spent_by:
+            raise ValueError("bad-txns-inputs-missingorspent")      # what the network answers
+        del self.pending_psbts[txid]
+        self._release(coin)
+        self.balance_sats -= total + fee
+        return self._record(raw, outputs, fee, "", coin)
+
+    def broadcast_replacement(self, psbt_b64: str, extra_fee: int = 1_000) -> str:
+        """A fee bump of the PSBT's transaction signed and broadcast: the same coin and outputs,
+        a higher fee, so another txid; the original txid never reaches the wallet."""
+        raw = _psbt_raw(psbt_b64)
         tx = Transaction.deserialize(raw)
-        pending = self.pending_psbts.pop(tx.txid[::-1].hex())
-        self.locked_sats -= pending[2] + pending[1]
-        self.balance_sats -= pending[2] + pending[1]
-        return self._record(raw, pending[0], pending[1], "")
+        outputs, fee, total, coin = self.pending_psbts.pop(tx.txid[::-1].hex())
+        if coin in self.spent_by:
+            raise ValueError("bad-txns-inputs-missingorspent")
+        change = tx.outputs[-1]
+        bumped = Transaction(tx.version, tx.inputs, tx.outputs[:-1] + (TxOut(change.value - extra_fee,
+                                                                           change.script_pubkey),), tx.locktime)
+        self._release(coin)
+        self.balance_sats -= total + fee + extra_fee
+        return self._record(bumped.serialize_legacy(), outputs, fee + extra_fee, "", coin)
+
+    def _release(self, coin: tuple[str, int]) -> None:
+        self.locked_sats -= self.locks.pop(coin, 0)
 
     # -- HTTP -----------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,18 +280,23 @@ class WalletStandin:
     def _fee_for(self, outputs: int) -> int:
         return (11 + 68 + 31 * (outputs + 1)) * FEE_RATE_SAT_VB
 
-    def _build(self, outputs: list[tuple[str, int]], fee: int) -> bytes:
+    def _build(self, outputs: list[tuple[str, int]], fee: int) -> tuple[bytes, tuple[str, int]]:
+        """An unsigned transaction spending a new coin of the wallet's worth the spendable balance."""
         self._counter += 1
         outpoint = sha256(f"standin coin {self._counter}".encode()).digest()
-        change = self.balance_sats - self.locked_sats - sum(s for _, s in outputs) - fee
+        coin = (outpoint[::-1].hex(), 0)
+        self.coins[coin] = self.balance_sats - self.locked_sats
+        change = self.coins[coin] - sum(s for _, s in outputs) - fee
         txouts = [TxOut(sats, address_to_script(a, self.network)) for a, sats in outputs]
         txouts.append(TxOut(change, b"\x00\x14" + sha256(b"change").digest()[:20]))
         tx = Transaction(2, (TxIn(outpoint, 0, b"", 0xFFFFFFFD),), tuple(txouts), 0)
-        return tx.serialize_legacy()
+        return tx.serialize_legacy(), coin
 
-    def _record(self, raw: bytes, outputs: list[tuple[str, int]], fee: int, comment: str) -> str:
+    def _record(self, raw: bytes, outputs: list[tuple[str, int]], fee: int, comment: str,
+                coin: tuple[str, int]) -> str:
         txid = sha256(sha256(raw).digest()).digest()[::-1].hex()
         self.txs.append(StandinTx(txid, outputs, fee, comment, raw, int(self.clock())))
+        self.spent_by[coin] = txid
         return txid
 
     def _rpc_sendmany(self, dummy: str, amounts: dict, minconf: int = 1, comment: str = "",
@@ -269,9 +310,9 @@ class WalletStandin:
         fee = self._fee_for(len(outputs))
         if sum(s for _, s in outputs) + fee > self.balance_sats - self.locked_sats:
             raise RpcFault(-6, "Insufficient funds")
-        raw = self._build(outputs, fee)
+        raw, coin = self._build(outputs, fee)
         self.balance_sats -= sum(s for _, s in outputs) + fee
-        return self._record(raw, outputs, fee, comment)
+        return self._record(raw, outputs, fee, comment, coin)
 
     def _entry(self, tx: StandinTx, address: str, sats: int, vout: int) -> dict[str, Any]:
         return {"address": address, "category": "send", "amount": -btc(sats), "vout": vout, "fee": -btc(tx.fee),
@@ -326,14 +367,88 @@ class WalletStandin:
         total = sum(s for _, s in pairs)
         if total + fee > self.balance_sats - self.locked_sats:
             raise RpcFault(-4, "Insufficient funds")
-        raw = self._build(pairs, fee)
-        self.locked_sats += total + fee
-        self.pending_psbts[sha256(sha256(raw).digest()).digest()[::-1].hex()] = (pairs, fee, total)
+        raw, coin = self._build(pairs, fee)
+        if (options or {}).get("lockUnspents"):
+            self.locks[coin] = total + fee
+            self.locked_sats += total + fee
+        self.pending_psbts[sha256(sha256(raw).digest()).digest()[::-1].hex()] = (pairs, fee, total, coin)
         psbt = b"psbt\xff" + b"\x01\x00" + _compact(len(raw)) + raw + b"\x00" + b"\x00" + b"\x00" * (len(pairs) + 1)
         return {"psbt": base64.b64encode(psbt).decode(), "fee": btc(fee), "changepos": len(pairs)}
 
     def _rpc_getbalance(self) -> float:
         return btc(self.balance_sats - self.locked_sats)
+
+    def _rpc_listlockunspent(self) -> list[dict]:
+        return [{"txid": txid, "vout": vout} for txid, vout in self.locks]
+
+    def _rpc_lockunspent(self, unlock: bool, transactions: list | None = None, persistent: bool = False) -> bool:
+        if transactions is None:
+            if not unlock:
+                raise RpcFault(-8, "Invalid parameter, expected locked output")
+            for coin in list(self.locks):
+                self._release(coin)
+            return True
+        coins = []
+        for item in transactions:                     # every outpoint checked before anything changes
+            if not isinstance(item, dict):
+                raise RpcFault(-3, f"Expected type object, got {_TYPE_NAMES.get(type(item), 'object')}")
+            for key, kind in (("txid", "string"), ("vout", "number")):
+                value = item.get(key)
+                if not (isinstance(value, str) if kind == "string" else
+                        isinstance(value, int) and not isinstance(value, bool)):
+                    got = _TYPE_NAMES.get(type(value), "object")
+                    raise RpcFault(-3, f"Expected type {kind} for {key}, got {got}")
+            txid = _parse_hash(item["txid"], "txid")
+            if item["vout"] < 0:
+                raise RpcFault(-8, "Invalid parameter, vout cannot be negative")
+            if not any(t == txid for t, _ in self.coins):
+                raise RpcFault(-8, "Invalid parameter, unknown transaction")
+            coin = (txid, item["vout"])
+            if coin not in self.coins:
+                raise RpcFault(-8, "Invalid parameter, vout index out of bounds")
+            if coin in self.spent_by:
+                raise RpcFault(-8, "Invalid parameter, expected unspent output")
+            if unlock and coin not in self.locks:
+                raise RpcFault(-8, "Invalid parameter, expected locked output")
+            if not unlock and coin in self.locks:
+                raise RpcFault(-8, "Invalid parameter, output already locked")
+            coins.append(coin)
+        for coin in coins:
+            if unlock:
+                self._release(coin)
+            else:
+                self.locks[coin] = self.coins[coin]
+                self.locked_sats += self.coins[coin]
+        return True
+
+    def _rpc_gettxout(self, txid: str, n: int, include_mempool: bool = True) -> dict | None:
+        coin = (_parse_hash(txid, "txid"), n)
+        if coin not in self.coins:
+            return None
+        spender = self.spent_by.get(coin)
+        if spender is not None:
+            confirmed = any(tx.txid == spender and tx.confirmations > 0 for tx in self.txs)
+            if confirmed or include_mempool:
+                return None
+        return {"bestblock": "00" * 32, "confirmations": 1, "value": btc(self.coins[coin]),
+                "scriptPubKey": {"asm": "", "hex": "0014" + sha256(b"coin").hexdigest()[:40],
+                                 "type": "witness_v0_keyhash"}, "coinbase": False}
+
+
+def _parse_hash(value: str, name: str) -> str:
+    """Core's ParseHashV."""
+    if len(value) != 64:
+        raise RpcFault(-8, f"{name} must be of length 64 (not {len(value)}, for '{value}')")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise RpcFault(-8, f"{name} must be hexadecimal string (not '{value}')")
+    return value.lower()
+
+
+def _psbt_raw(psbt_b64: str) -> bytes:
+    data = base64.b64decode(psbt_b64)
+    assert data[:7] == b"psbt\xff\x01\x00", "the stand-in's own PSBT layout: unsigned tx first"
+    size = data[7]
+    return data[8:8 + size] if size < 0xFD else data[10:10 + int.from_bytes(data[8:10], "little")]
 
 
 def _compact(n: int) -> bytes:
