@@ -1,10 +1,12 @@
 """`kzpool energy ...`: the monthly energy report and the day-ahead schedule import.
 
-    kzpool energy report --month YYYY-MM [--format csv|json] [--output FILE]
+    kzpool energy report --month YYYY-MM [--by-hour] [--format csv|json] [--output FILE]
     kzpool energy import-schedule FILE [--dry-run]
 
 The report is computed from the database (shares and compacted minutes) with the `[electricity]`
-plan and the `[energy] fee_rates` table of the config; see compliance/energy_report.py. The import
+plan and the `[energy] fee_rates` table of the config; see compliance/energy_report.py. With
+`--by-hour` it is the hourly volume check: per Kazakhstan hour and day-ahead allotment, the allotted
+kWh against the energy used. The import
 takes the day-ahead CSV of compliance/schedule.py, all or nothing.
 Exit codes: 0 done, 1 refused (bad rows, schema), 2 configuration.
 """
@@ -20,7 +22,7 @@ from pool.db import Database
 
 from .curtail_cli import config_options, run_with_database
 from .energy import fee_rates_from_settings, parse_month
-from .energy_report import build_report, to_csv, to_json
+from .energy_report import build_hourly_volumes, build_report, hourly_to_csv, hourly_to_json, to_csv, to_json
 from .power_plan import plan_from_settings, setting
 from .schedule import DAY_AHEAD_COLUMNS, import_day_ahead
 
@@ -37,12 +39,19 @@ def _month(value: str) -> tuple[int, int]:
 def cmd_report(args: argparse.Namespace) -> int:
     async def work(db: Database, cfg: PoolConfig) -> int:
         plan = plan_from_settings(getattr(cfg, "electricity", None))
-        rates = fee_rates_from_settings(setting(getattr(cfg, "energy", None), "fee_rates", None))
-        report = await build_report(db, plan, rates, *args.month)
-        text = to_json(report) if args.format == "json" else to_csv(report)
+        month = f"{args.month[0]:04d}-{args.month[1]:02d}"
+        if args.by_hour:
+            volumes = await build_hourly_volumes(db, plan, *args.month)
+            text = hourly_to_json(volumes, month) if args.format == "json" else hourly_to_csv(volumes)
+            what = f"{len(volumes)} allotment hour(s), {sum(1 for v in volumes if v.over_kwh > 0)} over"
+        else:
+            rates = fee_rates_from_settings(setting(getattr(cfg, "energy", None), "fee_rates", None))
+            report = await build_report(db, plan, rates, *args.month)
+            text = to_json(report) if args.format == "json" else to_csv(report)
+            what = f"{len(report.miners)} miner(s)"
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")
-            print(f"energy report {report.month}: {len(report.miners)} miner(s) written to {args.output}")
+            print(f"energy report {month}: {what} written to {args.output}")
         else:
             sys.stdout.write(text)
         return 0
@@ -76,6 +85,8 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
     report = sub.add_parser("report", help="per-miner kWh, quota, hours outside schedule, fee estimate for a month")
     config_options(report, config_loader, cmd_report)
     report.add_argument("--month", required=True, type=_month, help="YYYY-MM, a Kazakhstan calendar month")
+    report.add_argument("--by-hour", action="store_true",
+                        help="the hourly volume check: per KZ hour and day-ahead allotment, allotted vs used kWh")
     report.add_argument("--format", choices=["csv", "json"], default="csv")
     report.add_argument("--output", help="write to this file instead of standard output")
     imp = sub.add_parser("import-schedule", help="import a day-ahead electricity schedule (CSV, all or nothing)")

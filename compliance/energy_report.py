@@ -2,6 +2,13 @@
 its quota, the hours it mined outside its allotted schedule (should be zero), and the digital
 mining fee estimate from the dated rate table. Months are Kazakhstan calendar months (UTC+5).
 
+With `--by-hour`, the hourly volume check instead: per Kazakhstan hour and day-ahead allotment
+(login or data centre, by the schedule's precedence), the allotted power, its volume (allowed_kw x
+1 h), the energy its logins used, and how far it was exceeded (`over_kwh`), judged by the same code
+as the pool (compliance/hourly_volume.py). The pool stops an allotment's logins once its volume is
+reached, late by at most the rule's latency, so `over_kwh` should stay within a minute or two of
+the allotment's draw.
+
 Computed from the database on demand (EnergyAccountant.compute, read only), so it is the same
 whichever node runs it and whether or not the periodic accounting ran.
 """
@@ -11,14 +18,15 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from pool.db import Database
 
 from .energy import FeeRate, fee_rate, kz_month_bounds
 from .energy_accounting import EnergyAccountant, HourEnergy, datacentres_of
+from .hourly_volume import HourUsage, judge_volumes
 from .power_plan import ElectricityPlan
-from .schedule import kz_hour
+from .schedule import ScheduleBook, kz_hour, load_day_ahead_kw
 
 METHOD = ("kWh = sum(accepted share difficulty) * 2**32 hashes / 1e12 * declared J/TH / 3.6e6; "
           "fee = kWh * the highest applicable rate of the day (Kazakhstan time)")
@@ -132,3 +140,79 @@ def to_json(report: EnergyReport) -> str:
         "totals": {"kwh": sum(m.kwh for m in report.miners), "fee_tenge": sum(m.fee_tenge for m in report.miners),
                    "outside_schedule_h": sum(m.outside_schedule_h for m in report.miners)},
     }, indent=2, sort_keys=False) + "\n"
+
+
+# ---- the hourly volume check (--by-hour) -------------------------------------------------------------
+HOURLY_COLUMNS = ("date", "hour", "allotment", "allowed_kw", "allotted_kwh", "used_kwh", "over_kwh", "logins")
+HOURLY_METHOD = ("per Kazakhstan hour and day-ahead allotment (the login's own rows, else its data centre's, "
+                 "shared by its logins): allotted_kwh = allowed_kw x 1 h; used_kwh = the logins' kWh estimated "
+                 "as above; over_kwh = max(0, used_kwh - allotted_kwh)")
+
+
+@dataclass(frozen=True, slots=True)
+class HourVolume:
+    day: date                  # Kazakhstan date and hour
+    hour: int
+    allotment: str             # "login:<login>" | "datacentre:<id>"
+    allowed_kw: float
+    used_kwh: float
+    logins: tuple[str, ...]
+
+    @property
+    def allotted_kwh(self) -> float:
+        return self.allowed_kw * 1.0
+
+    @property
+    def over_kwh(self) -> float:
+        return max(0.0, self.used_kwh - self.allotted_kwh)
+
+
+async def build_hourly_volumes(db: Database, plan: ElectricityPlan, year: int, month: int) -> list[HourVolume]:
+    """Every hour of a Kazakhstan month with a day-ahead allotment (or energy drawn on a 0 kW one)."""
+    start, end = kz_month_bounds(year, month)
+    hours = await EnergyAccountant(db, plan).compute(start, end)
+    async with db.engine.connect() as conn:
+        dcs = await datacentres_of(conn)
+        kw = await load_day_ahead_kw(conn, kz_hour(start)[0], kz_hour(end - timedelta(seconds=1))[0])
+    book = ScheduleBook(plan)
+    book.set_day_ahead_kw(kw)
+    used: dict[int, dict[str, float]] = {}
+    for h in hours:
+        used.setdefault(h.hour_s, {})[h.login] = h.kwh
+    out: list[HourVolume] = []
+    for hour_s in range(int(start.timestamp()), int(end.timestamp()), 3600):
+        moment = datetime.fromtimestamp(hour_s, UTC)
+        if kz_hour(moment)[0] not in kw:
+            continue
+        state = judge_volumes(book, moment, HourUsage(hour_s, used.get(hour_s, {}), moment), dcs, unallotted=True)
+        out.extend(HourVolume(state.day, state.hour, v.key, v.allowed_kw, v.used_kwh, v.logins)
+                   for _, v in sorted(state.scopes.items()))
+    return out
+
+
+def _hour_row(v: HourVolume) -> dict[str, str]:
+    return {"date": v.day.isoformat(), "hour": str(v.hour), "allotment": v.allotment, "allowed_kw": f"{v.allowed_kw:g}",
+            "allotted_kwh": f"{v.allotted_kwh:.3f}", "used_kwh": f"{v.used_kwh:.3f}", "over_kwh": f"{v.over_kwh:.3f}",
+            "logins": " ".join(v.logins)}
+
+
+def hourly_to_csv(volumes: list[HourVolume]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, HOURLY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for v in volumes:
+        writer.writerow(_hour_row(v))
+    return out.getvalue()
+
+
+def hourly_to_json(volumes: list[HourVolume], month: str, generated_at: datetime | None = None) -> str:
+    over = [v for v in volumes if v.over_kwh > 0]
+    return json.dumps({
+        "month": month, "timezone": "UTC+05:00", "generated_at": (generated_at or datetime.now(UTC)).isoformat(),
+        "method": HOURLY_METHOD,
+        "hours": [{"date": v.day.isoformat(), "hour": v.hour, "allotment": v.allotment, "allowed_kw": v.allowed_kw,
+                   "allotted_kwh": v.allotted_kwh, "used_kwh": v.used_kwh, "over_kwh": v.over_kwh,
+                   "logins": list(v.logins)} for v in volumes],
+        "totals": {"allotment_hours": len(volumes), "hours_over": len(over),
+                   "over_kwh": sum(v.over_kwh for v in over)},
+    }, indent=2) + "\n"

@@ -112,10 +112,11 @@ def hour_start_s(moment: datetime) -> int:
 
 def judge_volumes(book: ScheduleBook, moment: datetime, usage: HourUsage | None,
                   datacentre_of: Mapping[str, str], reserve_s: float = 0.0,
-                  logins: Iterable[str] = ()) -> VolumeState:
+                  logins: Iterable[str] = (), unallotted: bool = False) -> VolumeState:
     """Every day-ahead allotment of the hour of `moment` with the energy its logins used in that
     hour. An estimate of another hour (the accountant has not run since the hour turned) counts as
-    nothing used yet."""
+    nothing used yet. `unallotted` (the report) also lists day-ahead scopes at 0 kW whose logins
+    used energy in that hour anyway."""
     if not 0 <= reserve_s <= MAX_RESERVE_S:
         raise ValueError(f"curtailment.volume_reserve_s must be in [0, {MAX_RESERVE_S:g}]")
     day, hour = kz_hour(moment)
@@ -126,12 +127,12 @@ def judge_volumes(book: ScheduleBook, moment: datetime, usage: HourUsage | None,
         a.key: (a, 0.0, []) for a in book.allotments_at(moment) if a.allowed_kw > 0}
     for login in sorted({*datacentre_of, *used, *logins}):
         allotment = book.allotment(login, datacentre_of.get(login) or None, moment)
-        if allotment is None or allotment.allowed_kw <= 0:
+        if allotment is None or (allotment.allowed_kw <= 0 and not unallotted):
             continue
         _, total, members = sums.setdefault(allotment.key, (allotment, 0.0, []))
         members.append(login)
         sums[allotment.key] = (allotment, total + used.get(login, 0.0), members)
     factor = (HOUR_S - reserve_s) / HOUR_S
     scopes = {key: ScopeVolume(a.scope, a.target, a.allowed_kw, a.kwh * factor, total, tuple(members))
-              for key, (a, total, members) in sums.items()}
+              for key, (a, total, members) in sums.items() if a.allowed_kw > 0 or total > 0}
     return VolumeState(day, hour, hour_s, reserve_s, fresh.as_of if fresh is not None else None, scopes)

@@ -4,7 +4,10 @@ own allotment, a data centre's allotment shared by its logins, logins without da
 Kazakhstan hour boundaries, the reserve, audit records and refused authorizations."""
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from compliance.backoff import RefusalBackoff
 from compliance.curtailment import CurtailmentEnforcer
 from compliance.energy import kwh_for
 from compliance.energy_accounting import EnergyAccountant
+from compliance.energy_cli import main as energy_main
+from compliance.energy_report import build_hourly_volumes, hourly_to_csv, hourly_to_json
 from compliance.hourly_volume import HourUsage, judge_volumes
 from compliance.power_plan import ElectricityPlan, HourSet, PowerProfile
 from compliance.schedule import Allotment, ScheduleBook, import_day_ahead
@@ -21,7 +26,7 @@ from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DANA_IIN, Sett
                                licences_csv)
 from stratum.interfaces import Account, Peer, Refusal
 
-from power_fixtures import import_registry, insert_shares, power_db, sqlite_power_db  # noqa: F401  (fixtures)
+from power_fixtures import import_registry, insert_shares, migrated_sqlite, power_db, sqlite_power_db  # noqa: F401
 
 NOON_KZ = datetime(2026, 11, 28, 7, 0, tzinfo=UTC)            # 12:00-13:00 on 28 November in Kazakhstan
 LICENCES = licences_csv(
@@ -195,7 +200,8 @@ async def test_a_datacentre_allotment_is_shared_by_its_logins(power_db: Database
     await import_registry(db, LICENCES)
     # dc-kz is allotted 99.9 kW at 12:00 and 13:00; dana (in dc-kz) has an allotment of her own; caspian
     # (dc-loop) has no day-ahead rows at all.
-    assert (await import_day_ahead(db, schedule(("2026-11-28", "dc-kz", "", 12, 99.9), ("2026-11-28", "dc-kz", "", 13, 99.9),
+    assert (await import_day_ahead(db, schedule(("2026-11-28", "dc-kz", "", 12, 99.9),
+                                                ("2026-11-28", "dc-kz", "", 13, 99.9),
                                                 ("2026-11-28", "", "dana", 12, 1000)))).applied
     clock = SettableClock(NOON_KZ)
     rig = Rig(db, clock, ["alice", "bolat", "caspian", "dana"])
@@ -276,3 +282,46 @@ async def test_the_volume_is_counted_per_kazakhstan_hour_across_midnight(sqlite_
     clock.now = midnight + timedelta(hours=1)                   # 01:00 (KZ): released
     await rig.enforcer.poll_once()
     assert rig.released == ["alice"]
+
+
+async def test_the_by_hour_report_shows_each_allotment_against_the_energy_used(power_db: Database) -> None:
+    db = power_db
+    await import_registry(db, LICENCES)
+    assert (await import_day_ahead(db, schedule(("2026-11-28", "dc-kz", "", 12, 99.9),
+                                                ("2026-11-28", "dc-kz", "", 13, 40),
+                                                ("2026-11-28", "", "dana", 12, 5)))).applied
+    await mine(db, "alice.rig1", NOON_KZ, 50, 1.0)              # 12:00: 50 + 50 kWh against 99.9
+    await mine(db, "bolat.rig1", NOON_KZ, 50, 1.0)
+    await mine(db, "alice.rig1", NOON_KZ + timedelta(hours=1), 30, 1.0)      # 13:00: 30 of 40
+    await mine(db, "bolat.rig1", NOON_KZ + timedelta(hours=2), 3, 1.0)       # 14:00: 0 kW allotted
+    await mine(db, "caspian.rig1", NOON_KZ, 60, 9.0)            # no day-ahead rows: not in this check
+    volumes = await build_hourly_volumes(db, ElectricityPlan(), 2026, 11)
+    assert [(v.hour, v.allotment, v.allowed_kw, round(v.used_kwh, 6), round(v.over_kwh, 6), v.logins)
+            for v in volumes] == [
+        (12, "datacentre:dc-kz", 99.9, 100.0, 0.1, ("alice", "bolat")),
+        (12, "login:dana", 5.0, 0.0, 0.0, ("dana",)),
+        (13, "datacentre:dc-kz", 40.0, 30.0, 0.0, ("alice", "bolat")),
+        (14, "datacentre:dc-kz", 0.0, 3.0, 3.0, ("alice", "bolat"))]
+    rows = hourly_to_csv(volumes).splitlines()
+    assert rows[0] == "date,hour,allotment,allowed_kw,allotted_kwh,used_kwh,over_kwh,logins"
+    assert rows[1] == "2026-11-28,12,datacentre:dc-kz,99.9,99.900,100.000,0.100,alice bolat"
+    data = json.loads(hourly_to_json(volumes, "2026-11"))
+    assert data["totals"]["hours_over"] == 2 and data["totals"]["over_kwh"] == pytest.approx(3.1)
+    assert data["hours"][0]["logins"] == ["alice", "bolat"] and data["timezone"] == "UTC+05:00"
+
+
+def test_energy_report_by_hour_cli(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    async def prepare() -> str:
+        url = await migrated_sqlite(tmp_path, tmp_path_factory.getbasetemp())
+        db = Database(url)
+        await import_registry(db, LICENCES)
+        await import_day_ahead(db, schedule(("2026-11-28", "", "alice", 12, 10)))
+        await mine(db, "alice.rig1", NOON_KZ, 12, 1.0)
+        await db.close()
+        return url
+    url = asyncio.run(prepare())
+    assert energy_main(["energy", "report", "--month", "2026-11", "--by-hour", "--set", f'database.url="{url}"']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["date,hour,allotment,allowed_kw,allotted_kwh,used_kwh,over_kwh,logins",
+                   "2026-11-28,12,login:alice,10,10.000,12.000,2.000,alice"]
