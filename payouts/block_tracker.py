@@ -11,7 +11,20 @@ unsettled block:
   paid the miners per share);
 - `maturity` or more: confirmed; the immature credits move to available (`block:<hash>:matured`).
 A callable that raises (node unreachable) leaves the block as it is until the next pass.
-Confirmed and orphaned are final: a block orphaned and later back in the chain stays with the pool.
+Orphaned is final: a block orphaned and later back in the chain stays with the pool.
+
+Reorgs deeper than maturity: a confirmed block is asked about again on every pass until it has
+`maturity + REORG_WATCH` confirmations. If the node then places it off its best chain (negative
+confirmations: the node knows the block, not in its main chain) the reward the miners could
+already spend is gone: `block:<hash>:reorged` gives the coinbase back to `chain:coinbase`, takes
+the pool's part (fees, PPS) back in full and each miner's credit back from its available, then
+frozen balance, never below zero; what a miner no longer holds (paid out, or in a payout run) is
+the pool's loss, booked to `pool:deficit` (ledger.claw_back). Status orphaned, audit
+`block_status` with status `reorged_after_maturity` (the per-login shortfall, and the payout
+runs sent since the block matured: their transactions may have spent the lost coinbase), an
+ERROR log line, and `deep_reorgs` counts them. A matured block the node says does not exist
+(None) is not treated as orphaned: a node that lost a block it had 100 confirmations on is a node
+problem, logged as `block_matured_unknown` and asked again.
 
 Crediting reads the shares outside any write transaction (a big window must not hold SQLite's
 write lock against the share log), then posts in a short one; the posting's ref makes a race
@@ -26,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from compliance import audit_events
 from pool.db import Database
@@ -37,8 +50,9 @@ from pool.txparse import Block as RawBlock
 
 from . import schemes
 from .ledger import (CHAIN_COINBASE, IMMATURE, POOL_FEES, POOL_FEES_IMMATURE, POOL_PPS, POOL_PPS_IMMATURE,
-                     AuditSink, Ledger, Line, Posting, lines_from, miner_account, parse_miner_account)
-from .models import PayoutRound
+                     AuditSink, Ledger, Line, Posting, claw_back, lines_from, miner_account, parse_miner_account)
+from .models import LedgerTxn, PayoutRound, PayoutRun
+from .run_store import SENT
 from .share_windows import ShareKey, Window, find_block_share, pplns_window, round_window, worker_logins
 
 log = logging.getLogger("kzpool.payouts.blocks")
@@ -48,6 +62,13 @@ UNSETTLED = (BlockStatus.SUBMITTED, BlockStatus.ACCEPTED)
 # Used when a block's own share never reached the database: every share up to the block's time.
 LAST_KEY_AT = (b"\xff" * 32, 2**31 - 1)
 MATURE_ACCOUNT = {POOL_FEES_IMMATURE: POOL_FEES, POOL_PPS_IMMATURE: POOL_PPS}
+# Confirmations past maturity during which a matured block is still checked. Mainnet's deepest
+# reorganisations were 53 blocks (2010, the value-overflow fix) and 24 (2013, the 0.8 fork), far
+# below maturity; a test network reorganises deeper (testnet has seen thousands). A block still in
+# the chain at maturity + 100 confirmations is past anything but a chain-wide incident, which needs
+# the operator anyway; the watch costs one getblockheader per matured block per pass for about
+# 100 more blocks (~17 hours on mainnet).
+REORG_WATCH = 100
 
 
 def block_reward(block: bytes) -> tuple[int, float]:
@@ -69,6 +90,9 @@ class BlockTracker:
         self.scheme, self.fee_bps, self.window_factor = scheme, fee_bps, pplns_window_factor
         self.maturity, self.share_wait_s, self.interval_s = maturity, share_wait_s, interval_s
         self.audit, self.clock = audit, clock
+        self.reorg_watch = REORG_WATCH
+        self.deep_reorgs = 0                    # matured blocks found reorganised out, this process
+        self._past_watch: set[str] = set()      # confirmed blocks seen past maturity + reorg_watch
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -147,6 +171,38 @@ class BlockTracker:
                 elif block.status is not BlockStatus.ACCEPTED:
                     await self._set_status(block, BlockStatus.ACCEPTED)
                     changed[block.hash] = BlockStatus.ACCEPTED.value
+        changed.update(await self._watch_matured())
+        return changed
+
+    async def _watch_matured(self) -> dict[str, str]:
+        """Confirmed blocks not yet `maturity + reorg_watch` deep, asked again. Every block within
+        that depth of the tip is higher than (the highest block the pool found) - maturity -
+        reorg_watch, so that bound selects them all, and blocks seen past it are skipped."""
+        horizon = self.maturity + self.reorg_watch
+        async with self.db.engine.connect() as conn:
+            top = (await conn.execute(select(func.max(Block.height)))).scalar()
+            if top is None:
+                return {}
+            blocks = (await conn.execute(select(Block).where(Block.status == BlockStatus.CONFIRMED,
+                                                             Block.height > top - horizon)
+                                         .order_by(Block.height, Block.id))).all()
+        changed: dict[str, str] = {}
+        for block in blocks:
+            if block.hash in self._past_watch:
+                continue
+            try:
+                confs = await self.confirmations(block.hash)
+            except Exception as exc:
+                log.warning("event=block_confirmations_unknown hash=%s error=%s", block.hash, exc)
+                continue
+            if confs is None:
+                log.warning("event=block_matured_unknown height=%d hash=%s: the node does not know a block that "
+                            "matured; not treated as orphaned, asked again next pass", block.height, block.hash)
+            elif confs < 0:
+                await self._reorged_after_maturity(block, confs)
+                changed[block.hash] = BlockStatus.ORPHANED.value
+            elif confs >= horizon:
+                self._past_watch.add(block.hash)
         return changed
 
     async def _set_status(self, block: Any, status: BlockStatus, conn: Any = None) -> None:
@@ -250,3 +306,43 @@ class BlockTracker:
                 reversed_sats = block.reward_sats
             await self._set_status(block, BlockStatus.ORPHANED, writer.conn)
         self._record_status(block, BlockStatus.ORPHANED.value, confirmations=confs, reversed_sats=reversed_sats)
+
+    async def _reorged_after_maturity(self, block: Any, confs: int) -> None:
+        """The reward of a matured block the chain took back: see the module docstring."""
+        ref = f"block:{block.hash}:reorged"
+        async with self.ledger.write() as writer:
+            found = await writer.lines(f"block:{block.hash}:found")
+            matured = await writer.lines(f"block:{block.hash}:matured")
+            reward = -sum(l.amount for l in found if l.account == CHAIN_COINBASE)
+            lines: list[Line] = [Line(CHAIN_COINBASE, reward)] if reward else []
+            claims: list[tuple[str, int, int]] = []
+            for line in matured:
+                if line.amount <= 0:
+                    continue                    # the immature side of the move
+                miner = parse_miner_account(line.account)
+                if miner is not None:
+                    claims.append((miner[0], line.amount, line.commission))
+                else:                           # pool:fees, pool:pps: the pool's own, back in full
+                    lines.append(Line(line.account, -line.amount, -line.commission))
+            taken, shortfall = claw_back(await writer.balances("miner:"), claims)
+            lines += taken
+            matured_us = (await writer.conn.execute(select(LedgerTxn.time_us).where(
+                LedgerTxn.ref == f"block:{block.hash}:matured"))).scalar()
+            runs = [r for (r,) in await writer.conn.execute(
+                select(PayoutRun.id).where(PayoutRun.status == SENT, PayoutRun.sent_us >= (matured_us or 0))
+                .order_by(PayoutRun.sent_us))]
+            posted = await writer.post(Posting(ref, "block_reorged", lines_from(
+                (l.account, l.amount, l.commission) for l in lines), {
+                "height": block.height, "hash": block.hash, "confirmations": confs, "reward_sats": reward,
+                "shortfall": shortfall}))
+            await self._set_status(block, BlockStatus.ORPHANED, writer.conn)
+        if not posted:
+            return
+        self.deep_reorgs += 1
+        deficit = sum(shortfall.values())
+        log.error("event=block_reorged_after_maturity height=%d hash=%s reward_sats=%d deficit_sats=%d "
+                  "runs_to_check=%d: a block that had matured left the best chain; its credits were taken back, the shortfall is "
+                  "pool:deficit; payout runs sent since it matured may have spent its coinbase (docs/payouts.md)",
+                  block.height, block.hash, reward, deficit, len(runs))
+        self._record_status(block, "reorged_after_maturity", confirmations=confs, reward_sats=reward,
+                            deficit_sats=deficit, shortfall=shortfall, runs_to_check=runs)
