@@ -5,7 +5,9 @@
   transaction's `ref` is its idempotency key: posting the same ref twice is a no-op.
 - `payout_rounds`: where each credited block's share window ended (PROP starts the next round there).
 - `payout_runs` / `payout_items`: a payout run, committed before anything is sent; its status is
-  the only mutable state (prepared -> sent | psbt -> sent | cancelled | failed).
+  the only mutable state (prepared -> sent | psbt -> sent | cancelled | failed; an operator's
+  cancel of a PSBT run records who and why in `note` and moves its `psbt_path`; a cancelled PSBT
+  run whose transaction reaches the wallet anyway goes cancelled -> sent).
 - `pps_worker_minutes` / `pps_accounts`: what PPS/FPPS already credited, per worker and minute and
   per login cumulative, so crediting is idempotent and late shares are credited as a difference.
 - `payout_exchange_deposits`: a miner's deposit address at a licensed exchange and its share.
