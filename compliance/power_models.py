@@ -43,7 +43,8 @@ class NodeShareMinute(Base):
 
 class DayAheadHour(Base):
     """One hour of a day-ahead electricity schedule for a data centre or a login (KEGOC's
-    day-ahead allotment); allowed_kw 0 means grid power is not allotted in that hour."""
+    day-ahead allotment); allowed_kw 0 means grid power is not allotted in that hour, above 0 the
+    hour's grid energy may reach allowed_kw x 1 h (compliance/hourly_volume.py)."""
     __tablename__ = "day_ahead_hours"
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)               # Kazakhstan date
