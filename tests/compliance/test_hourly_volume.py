@@ -8,6 +8,7 @@ import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,7 @@ from compliance.power_plan import ElectricityPlan, HourSet, PowerProfile
 from compliance.schedule import Allotment, ScheduleBook, import_day_ahead
 from compliance.work_gate import GatedAuthorizer, WorkGate
 from pool.db import Database
+from pool.metrics import PoolCollector
 from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DANA_IIN, SettableClock, licence_line,
                                licences_csv)
 from stratum.interfaces import Account, Peer, Refusal
@@ -227,6 +229,16 @@ async def test_a_datacentre_allotment_is_shared_by_its_logins(power_db: Database
     assert rig.enforcer.work_allowed("dana") and rig.enforcer.work_allowed("caspian")
     assert rig.volume_records() == [("block", "datacentre:dc-kz", "2026-11-28 12:00 UTC+5")]
     assert [r["logins"] for r in rig.records if r["cause"] == "volume"] == [2]
+    # The metrics: per data centre only (dana's own allotment is counted, not labelled).
+    samples = {(m.name, tuple(sorted(x.labels.items()))): x.value
+               for m in PoolCollector._hourly_volume(SimpleNamespace(curtailment=rig.enforcer, energy=rig.accountant))
+               for x in m.samples}
+    assert samples[("kzpool_hour_energy_kwh", (("datacentre", "dc-kz"), ("kind", "allotted")))] == 99.9
+    assert samples[("kzpool_hour_energy_kwh", (("datacentre", "dc-kz"), ("kind", "used")))] == pytest.approx(100.0)
+    assert samples[("kzpool_hourly_volumes_used_up", (("scope", "datacentre"),))] == 1
+    assert samples[("kzpool_hourly_volumes_used_up", (("scope", "login"),))] == 0
+    assert samples[("kzpool_energy_estimate_age_seconds", ())] == 0.0
+    assert not any(dict(labels).get("datacentre") == "dana" or "login" in dict(labels) for _, labels in samples)
     # 13:00: the data centre's next allotment; dana's own rows do not list 13:00 (0 kW).
     clock.now = NOON_KZ + timedelta(hours=1)
     await rig.tick()
