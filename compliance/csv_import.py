@@ -24,6 +24,9 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DATACENTRE_COLUMNS = ("id", "name", "region", "address", "owner_iin_bin", "cidrs")
 LICENCE_COLUMNS = ("login", "iin_bin", "name", "licence_no", "subtype", "issued", "expires", "status",
                    "suspended_until", "datacentre", "payout_address")
+RENEWAL_COLUMNS = ("login", "licence_no", "issued", "expires", "reason")
+MAX_REASON = 512                     # licence_events.reason
+DEFAULT_RENEWAL_REASON = "renewal"
 # No dot in a login: worker names are <login>.<worker>.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TWELVE_DIGITS = re.compile(r"\d{12}")
@@ -66,6 +69,18 @@ class LicenceRow:
     suspended_until: date | None
     datacentre: str
     payout_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalRow:
+    """A renewal of the licence of an existing login: the new licence's number and dates.
+    `row` is the line of a renewals file (0: the command line)."""
+    row: int
+    login: str
+    licence_no: str
+    issued: date
+    expires: date
+    reason: str
 
 
 @dataclass(slots=True)
@@ -262,4 +277,57 @@ def check_licences(text: str, snapshot: RegistrySnapshot, index: Callable[[str],
         if issued is not None and expires is not None and status is not None:
             rows.append(LicenceRow(row, login, iin_bin, name, licence_no, subtype, issued, expires,
                                    status, until, dc, payout))
+    return rows, sorted(problems)
+
+
+def renewal_problems(login: str, licence_no: str, issued: date, expires: date,
+                     reason: str) -> list[tuple[str, str, str]]:
+    """The checks of a renewal that need no registry: (column, error name, text) per problem.
+    Dates are Kazakhstan calendar dates; `expires` is exclusive (the first day without)."""
+    out: list[tuple[str, str, str]] = []
+    if not NAME_PATTERN.fullmatch(login):
+        out.append(("login", "bad_login", "must be 1-64 letters, digits, '_' or '-'"))
+    if not licence_no:
+        out.append(("licence_no", "licence_no_required", "is empty"))
+    elif len(licence_no) > 64:
+        out.append(("licence_no", "licence_no_too_long", "longer than 64 characters"))
+    if expires <= issued:
+        out.append(("expires", "expires_not_after_issued",
+                    f"expires {expires.isoformat()} must be after issued {issued.isoformat()}"))
+    elif expires > default_expiry(issued):
+        out.append(("expires", "licence_too_long",
+                    f"a licence lasts at most {LICENCE_YEARS} years after issued (until {default_expiry(issued)})"))
+    if not reason.strip():
+        out.append(("reason", "reason_required", "a reason is required (recorded in the licence history)"))
+    elif len(reason) > MAX_REASON:
+        out.append(("reason", "reason_too_long", f"longer than {MAX_REASON} characters"))
+    return out
+
+
+def check_renewals(text: str) -> tuple[list[RenewalRow], list[RowProblem]]:
+    """A renewals file (login,licence_no,issued,expires,reason; an empty reason is "renewal"): the
+    rows that pass the checks needing no registry, and one problem per bad cell ("<error name>: text")."""
+    problems = _Problems()
+    rows: list[RenewalRow] = []
+    first_row: dict[tuple[str, str], int] = {}
+    for row, rec in _records(text, RENEWAL_COLUMNS, problems):
+        before = len(problems)
+        issued, expires = (_date(rec, c, row, problems) for c in ("issued", "expires"))
+        for column, value in (("issued", issued), ("expires", expires)):
+            if value is None and not rec[column]:
+                problems.add(row, column, "date_required: YYYY-MM-DD, a Kazakhstan calendar date")
+        for column in ("login", "licence_no"):
+            key = (column, rec[column])
+            if key in first_row:
+                problems.add(row, column, f"duplicate_{column}: also row {first_row[key]}")
+            first_row.setdefault(key, row)
+        if issued is None or expires is None:
+            continue
+        reason = rec["reason"] or DEFAULT_RENEWAL_REASON
+        for column, name, text_ in renewal_problems(rec["login"], rec["licence_no"], issued, expires, reason):
+            problems.add(row, column, f"{name}: {text_}")
+        if len(problems) == before:
+            rows.append(RenewalRow(row, rec["login"], rec["licence_no"], issued, expires, reason))
+    if not rows and not problems:
+        problems.add(2, "row", "no rows")
     return rows, sorted(problems)

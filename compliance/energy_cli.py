@@ -1,18 +1,22 @@
 """`kzpool energy ...`: the monthly energy report and the day-ahead schedule import.
 
     kzpool energy report --month YYYY-MM [--by-hour] [--format csv|json] [--output FILE]
-    kzpool energy import-schedule FILE [--dry-run]
+    kzpool energy import-schedule FILE [--dry-run] [--operator NAME]
 
 The report is computed from the database (shares and compacted minutes) with the `[electricity]`
 plan and the `[energy] fee_rates` table of the config; see compliance/energy_report.py. With
 `--by-hour` it is the hourly volume check: per Kazakhstan hour and day-ahead allotment, the allotted
 kWh against the energy used. The import
-takes the day-ahead CSV of compliance/schedule.py, all or nothing.
-Exit codes: 0 done, 1 refused (bad rows, schema), 2 configuration.
+takes the day-ahead CSV of compliance/schedule.py, all or nothing; an applied import writes one
+record to the pool's signed audit log (kind `day_ahead_schedule`: rows, dates, scopes, allotted kWh,
+the file's SHA-256, the operator), through compliance/command_audit.py as other commands do.
+Exit codes: 0 done, 1 refused (bad rows, schema), 2 configuration (an audit key missing in production).
 """
 from __future__ import annotations
 
 import argparse
+import getpass
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +24,8 @@ from typing import Any, Callable
 from pool.config import PoolConfig
 from pool.db import Database
 
+from .audit_keys import AuditKeyError
+from .command_audit import command_audit
 from .curtail_cli import config_options, run_with_database
 from .energy import fee_rates_from_settings, parse_month
 from .energy_report import build_hourly_volumes, build_report, hourly_to_csv, hourly_to_json, to_csv, to_json
@@ -60,20 +66,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_import_schedule(args: argparse.Namespace) -> int:
     try:
-        text = Path(args.file).read_text(encoding="utf-8-sig")
+        data = Path(args.file).read_bytes()
+        text = data.decode("utf-8-sig")
     except OSError as exc:
         print(f"kzpool: {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
+    except UnicodeDecodeError:
+        print(f"kzpool: {args.file}: not UTF-8 text", file=sys.stderr)
+        return 1
 
     async def work(db: Database, cfg: PoolConfig) -> int:
-        report = await import_day_ahead(db, text, dry_run=args.dry_run)
+        async def run(audit: Any) -> Any:
+            return await import_day_ahead(db, text, dry_run=args.dry_run, audit=audit,
+                                          sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                                          source=Path(args.file).name, operator=args.operator)
+        if args.dry_run:
+            report = await run(None)
+        else:
+            try:
+                async with command_audit(db, cfg) as log:
+                    report = await run(log.record)
+            except AuditKeyError as exc:
+                print(f"kzpool: audit key: {exc}", file=sys.stderr)
+                return 2
         for problem in report.problems:
             print(problem)
         if report.problems:
             print(f"day-ahead schedule: {len(report.problems)} problem(s); nothing imported", file=sys.stderr)
             return 1
         verb = "would replace (dry run, nothing written)" if args.dry_run else "replaced"
-        print(f"day-ahead schedule: {report.rows} row(s) read, {verb} {report.groups} day schedule(s)")
+        recorded = "" if args.dry_run else f" (import {report.import_seq}, sha256 {report.record['sha256'][:16]}...)"
+        print(f"day-ahead schedule: {report.rows} row(s) read, {verb} {report.groups} day schedule(s){recorded}")
         return 0
     return run_with_database(args, work)
 
@@ -93,6 +116,8 @@ def add_subcommands(subparsers: Any, config_loader: ConfigLoader) -> None:
     config_options(imp, config_loader, cmd_import_schedule)
     imp.add_argument("file", help="CSV: " + ",".join(DAY_AHEAD_COLUMNS) + " (date and hour in Kazakhstan time)")
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
+    imp.add_argument("--operator", default=getpass.getuser(), help="who imports it, for the audit record "
+                                                                  "(default: the OS user)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,9 @@ class Licence(Base):
 
 
 class LicenceEvent(Base):
-    """Every change of a licence, with the operator's reason: import, suspend, revoke, reinstate."""
+    """Every change of a licence, with the operator's reason: import, suspend, revoke, reinstate,
+    renew; and the licence (number and dates) in force after it, so a renewal keeps the old one
+    in the history (revision 0007)."""
     __tablename__ = "licence_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -82,3 +84,6 @@ class LicenceEvent(Base):
     status: Mapped[LicenceStatus] = mapped_column(_status_enum())       # the status after the change
     suspended_until: Mapped[date | None] = mapped_column(Date)
     reason: Mapped[str] = mapped_column(String(512))
+    licence_no: Mapped[str] = mapped_column(String(64))
+    issued: Mapped[date] = mapped_column(Date)
+    expires: Mapped[date] = mapped_column(Date)                        # exclusive

@@ -7,6 +7,9 @@ alone reveals nothing; a brute force over the 10^11 possible IINs needs the key.
 
 Blob layout: version byte 0x01 | 12-byte nonce | ciphertext | 16-byte tag. The field name is bound
 as associated data, so a name's ciphertext copied into the IIN column fails to decrypt.
+A key is named by its key id: 8 bytes from HKDF of the master key with a context of its own, so
+it says which key is in use (audit records of a key rotation, `kzpool licences pii-check`) and
+reveals nothing of the key or of the keys derived for encryption and the index.
 Nothing here logs a value or a key.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ BLOB_VERSION = b"\x01"
 ENV_KEY = "KZPOOL_PII_KEY"
 DEMO_KEY_PATH = "./var/pii-demo.key"
 _HKDF_SALT = b"kzpool-pii-v1"
+KEY_ID_BYTES = 8
 
 
 class PiiKeyError(ValueError):
@@ -71,9 +75,12 @@ class PiiBox:
         assert isinstance(keys, (list, tuple))      # num_keys=2: two separate keys
         self._enc_key: bytes = keys[0]
         self._index_key: bytes = keys[1]
+        key_id = HKDF(master_key, KEY_ID_BYTES, _HKDF_SALT, SHA256, context=b"kzpool personal data key id")
+        assert isinstance(key_id, bytes)
+        self.key_id: str = key_id.hex()
 
     def __repr__(self) -> str:          # keep keys out of tracebacks and debug dumps
-        return "PiiBox(<key hidden>)"
+        return f"PiiBox(<key hidden>, key_id={self.key_id})"
 
     def encrypt(self, plain: str, field: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
@@ -107,6 +114,11 @@ def _read_key_file(path: Path) -> bytes:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("event=pii_key_file_permissions path=%s mode=%o advice=chmod_600", path, mode & 0o777)
     return parse_key(data)
+
+
+def load_key_file(path: str | Path) -> PiiBox:
+    """A box with the key of one file (`kzpool licences rotate-pii-key --new-key-file`)."""
+    return PiiBox(_read_key_file(Path(path)))
 
 
 def create_key_file(path: Path) -> None:

@@ -12,7 +12,9 @@ allowed_kw is both the rule for the hour and its volume: 0 means not allotted; a
 allotted and its grid energy may reach allowed_kw x 1 h (kWh), enforced by
 compliance/hourly_volume.py. An import replaces every (date, data centre or login) it names, and
 hours it does not list for one of them are not allotted. It is all or nothing: a file with one bad
-row changes nothing.
+row changes nothing. Each applied import is one audit record (kind `day_ahead_schedule`, see
+`import_record`): its import number, rows, dates, scopes, allotted hours and kWh per date and scope,
+and the SHA-256 of the file, so the log says which allotments were in force and from which file.
 
 For a login at an instant the first that exists decides: the login's day-ahead hours for that
 date, its data centre's day-ahead hours, then the standing hours (login, data centre, default;
@@ -25,10 +27,12 @@ the same hour either way; only the date and the hour number differ.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any, Callable
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,6 +45,8 @@ from .power_plan import ElectricityPlan, HourSet
 from .standing import KZ_TIME
 
 DAY_AHEAD_COLUMNS = ("date", "datacentre", "login", "hour", "allowed_kw")
+SCHEDULE_IMPORT = "day_ahead_schedule"      # the audit record kind of an applied import
+AuditSink = Callable[[str, dict[str, Any]], None]
 ScopeKey = tuple[str, str]           # ("datacentre", id) | ("login", login)
 
 
@@ -78,6 +84,21 @@ class DayAheadReport:
     groups: int                      # (date, scope) pairs replaced
     problems: list[RowProblem]
     applied: bool
+    import_seq: int = 0              # day_ahead_hours.import_seq of an applied import
+    record: dict[str, Any] = field(default_factory=dict)    # its audit payload
+
+
+def import_record(import_seq: int, rows: int, groups: dict[tuple[date, str, str], dict[int, float]],
+                  sha256: str, size: int, *, source: str | None, operator: str | None) -> dict[str, Any]:
+    """The audit payload of an applied import: no personal data (logins are the pool's pseudonyms,
+    as in every record); kWh as decimal strings (C-JSON has no fractions)."""
+    allotments = [{"date": day.isoformat(), "scope": f"{scope}:{target}",
+                   "allotted_hours": sum(1 for kw in hours.values() if kw > 0),
+                   "kwh": f"{sum(hours.values()):.3f}"}
+                  for (day, scope, target), hours in sorted(groups.items())]
+    return {"action": "imported", "subject": f"import:{import_seq}", "import_seq": import_seq, "rows": rows,
+            "dates": sorted({a["date"] for a in allotments}), "scopes": sorted({a["scope"] for a in allotments}),
+            "allotments": allotments, "sha256": sha256, "bytes": size, "file": source, "operator": operator}
 
 
 def kz_hour(moment: datetime) -> tuple[date, int]:
@@ -135,7 +156,12 @@ def parse_day_ahead(text: str) -> tuple[list[DayAheadRow], list[RowProblem]]:
     return rows, problems
 
 
-async def import_day_ahead(db: Database, text: str, *, dry_run: bool = False) -> DayAheadReport:
+async def import_day_ahead(db: Database, text: str, *, dry_run: bool = False, audit: AuditSink | None = None,
+                           sha256: str | None = None, size: int | None = None, source: str | None = None,
+                           operator: str | None = None) -> DayAheadReport:
+    """Check, then (unless a dry run or a file with problems) replace the schedules the file names.
+    An applied import goes to `audit` once, after its commit; `sha256` and `size` are of the
+    file's bytes (default: of `text` in UTF-8), `source` its name, `operator` who imported it."""
     rows, problems = parse_day_ahead(text)
     groups: dict[tuple[date, str, str], dict[int, float]] = defaultdict(dict)
     for r in rows:
@@ -152,7 +178,14 @@ async def import_day_ahead(db: Database, text: str, *, dry_run: bool = False) ->
             await conn.execute(insert(DayAheadHour), [
                 {"day": day, "scope": scope, "target": target, "hour": h, "allowed_kw": hours.get(h, 0.0),
                  "import_seq": seq} for h in range(24)])
-    return DayAheadReport(len(rows), len(groups), [], applied=True)
+    if sha256 is None:
+        data = text.encode("utf-8")
+        sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+    record = import_record(seq, len(rows), groups, sha256, size if size is not None else len(text.encode()),
+                           source=source, operator=operator)
+    if audit is not None:
+        audit(SCHEDULE_IMPORT, record)
+    return DayAheadReport(len(rows), len(groups), [], applied=True, import_seq=seq, record=record)
 
 
 async def day_ahead_seq(conn: AsyncConnection) -> int:
