@@ -426,11 +426,14 @@ class LicenceRegistry:
         """A renewals file (login,licence_no,issued,expires,reason), all or nothing. A revoked
         licence is a bad row here: it is renewed alone, with `after_revocation`."""
         rows, problems = check_renewals(text)
-        if problems:
-            return ImportReport("renewals", len(rows), problems, False)
-        refused = await self._renew(rows, after_revocation=False, operator=operator, dry_run=dry_run)
-        found = [RowProblem(r.row, column, f"{code}: {text}") for r, cells in refused for column, code, text in cells]
-        return ImportReport("renewals", len(rows), sorted(found), not found and not dry_run)
+        # The rows that pass the file's own checks are judged against the registry too (not
+        # applied when the file has problems), so one report names every bad row.
+        refused = await self._renew(rows, after_revocation=False, operator=operator,
+                                    dry_run=dry_run or bool(problems)) if rows else []
+        found = problems + [RowProblem(r.row, column, f"{code}: {text_}")
+                            for r, cells in refused for column, code, text_ in cells]
+        read = len(rows) + len({p.row for p in problems})
+        return ImportReport("renewals", read, sorted(found), not found and not dry_run)
 
     async def _renew(self, rows: Sequence[RenewalRow], *, after_revocation: bool, operator: str,
                      dry_run: bool) -> list[tuple[RenewalRow, list[tuple[str, str, str]]]]:

@@ -3,6 +3,7 @@ and no plain IIN/BIN or name in any output or log line unless --show-personal as
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from compliance.cli import main
 from pool.db import Database
 
 from compliance.standing import default_expiry, kz_today, utc_now
-from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DATACENTRES, EVERY_PERSONAL_VALUE,
+from registry_fixtures import (ALICE_IIN, BOLAT_BIN, CASPIAN_BIN, DANA_IIN, DATACENTRES, EVERY_PERSONAL_VALUE,
                                PII_KEY_HEX, licence_line, licences_csv)
 
 # The CLI judges by the real clock: dates relative to today keep these tests true in any year.
@@ -42,7 +43,11 @@ class Cli:
         return str(path)
 
     def __call__(self, *argv: str, mode: str = "demo") -> tuple[int, str]:
-        code = main([*argv, "--set", f"database.url={self.url}", "--set", f"mode={mode}"])
+        try:
+            code = main([*argv, "--set", f"database.url={self.url}", "--set", f"mode={mode}",
+                         "--set", f'audit.key_file="{self.tmp_path}/audit.pem"'])
+        except SystemExit as exc:          # argparse's usage errors
+            code = int(exc.code or 0)
         captured = self.capsys.readouterr()
         self.outputs.append(captured.out + captured.err)
         return code, captured.out + captured.err
@@ -141,3 +146,124 @@ def test_refusals_before_the_registry(cli: Cli, tmp_path: Path, monkeypatch: pyt
     code, out = cli("licences", "list")
     assert code == 1 and "kzpool db upgrade" in out
     assert cli("licences", "list", "--set", "stratum.port=nonsense")[0] == 2
+
+
+# ---- renewals and the audit log, through the command line, on both backends ---------------------
+
+async def audit_records(url: str) -> list[tuple[str, dict]]:
+    from sqlalchemy import select
+
+    from compliance.audit_models import AuditRecord
+    db = Database(url)
+    try:
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(select(AuditRecord.kind, AuditRecord.payload).order_by(AuditRecord.seq))).all()
+    finally:
+        await db.close()
+    return [(kind, json.loads(payload)) for kind, payload in rows]
+
+
+async def verified(url: str, key_file: Path) -> bool:
+    """The whole log, signed with the pool's key, checks out (kzpool audit verify's rules)."""
+    from compliance.audit_keys import load_signing_key
+    from compliance.audit_verify import verify_database
+    db = Database(url)
+    try:
+        report = await verify_database(db, [load_signing_key(key_file).public], require_signed=True)
+    finally:
+        await db.close()
+    return report.ok
+
+
+class AsyncCli(Cli):
+    """The CLI on a database of either backend, run in a thread (it runs its own event loop)."""
+
+    async def run(self, *argv: str) -> tuple[int, str]:
+        return await asyncio.to_thread(self, *argv)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend_cli(request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                      monkeypatch: pytest.MonkeyPatch) -> AsyncCli:
+    from db_fixtures import fresh_database_url
+    monkeypatch.setenv("KZPOOL_PII_KEY", PII_KEY_HEX)
+    runner = AsyncCli(tmp_path, capsys)
+    (tmp_path / "db").mkdir()
+    async with fresh_database_url(request.param, tmp_path / "db") as url:
+        runner.url = url
+        db = Database(url)
+        await db.upgrade()
+        await db.close()
+        return runner
+
+
+EXPIRED_ISSUED = TODAY - timedelta(days=3 * 365 + 10)          # 3 years ago and some: expired by now
+DANA = licence_line("dana", DANA_IIN, "Dana Seitova IE", "KZ-DM-0004", issued=EXPIRED_ISSUED)
+
+
+async def test_renew_an_expired_licence_history_and_audit(backend_cli: AsyncCli) -> None:
+    cli = backend_cli
+    assert (await cli.run("datacentres", "import", cli.file("dc.csv", DATACENTRES)))[0] == 0
+    assert (await cli.run("licences", "import", cli.file("lic.csv", licences_csv(DANA))))[0] == 0
+    code, out = await cli.run("licences", "list", "--status", "expired")
+    assert code == 0 and "\ndana\tKZ-DM-0004" in out
+    old_expires = default_expiry(EXPIRED_ISSUED)
+    issued, expires = old_expires, default_expiry(old_expires)
+
+    # Named refusals, nothing written.
+    code, out = await cli.run("licences", "renew", "dana", "--licence-no", "KZ-DM-0104", "--issued",
+                              str(expires), "--expires", str(issued))
+    assert code == 1 and "renewal refused: expires_not_after_issued" in out
+    code, out = await cli.run("licences", "renew", "dana", "--licence-no", "KZ-DM-0104", "--issued", "10.06.2026",
+                              "--expires", str(expires))
+    assert code == 2 and "expected YYYY-MM-DD" in out
+    code, out = await cli.run("licences", "renew", "dana", "--licence-no", "KZ-DM-0104", "--issued", str(issued))
+    assert code == 1 and "give LOGIN --licence-no" in out
+    code, out = await cli.run("licences", "renew", "dana", "--licence-no", "KZ-DM-0104", "--issued", str(issued),
+                              "--expires", str(expires), "--after-revocation")
+    assert code == 1 and "reason_required" in out
+
+    code, out = await cli.run("licences", "renew", "dana", "--licence-no", "KZ-DM-0104", "--issued", str(issued),
+                              "--expires", str(expires), "--reason", "renewed by the ministry",
+                              "--operator", "aigerim")
+    assert code == 0, out
+    assert out.startswith(f"dana: renewed: KZ-DM-0104 valid {issued} until {expires} (exclusive) "
+                          f"(was KZ-DM-0004 until {old_expires}); status active")
+    code, out = await cli.run("licences", "show", "dana")
+    assert code == 0 and "licence_no       KZ-DM-0104" in out
+    events = [line for line in out.splitlines() if line.startswith("event")]
+    assert events[0].endswith(f"imported -> active: import [KZ-DM-0004 {EXPIRED_ISSUED}..{old_expires}]")
+    assert events[1].endswith(f"renewed -> active: renewed by the ministry [KZ-DM-0104 {issued}..{expires} "
+                              f"(was KZ-DM-0004 {EXPIRED_ISSUED}..{old_expires})]")
+
+    records = await audit_records(cli.url)
+    changes = [(kind, p["action"], p["subject"]) for kind, p in records if kind.endswith("_change")]
+    assert changes == [("datacentre_change", "imported", "dc-eki"), ("datacentre_change", "imported", "dc-ala"),
+                       ("licence_change", "imported", "KZ-DM-0004"), ("licence_change", "renewed", "KZ-DM-0104")]
+    renewed = [p for kind, p in records if kind == "licence_change" and p["action"] == "renewed"][0]
+    assert renewed["previous"]["licence_no"] == "KZ-DM-0004" and renewed["operator"] == "aigerim"
+    assert not [v for v in EVERY_PERSONAL_VALUE if v in json.dumps(records)]
+    assert await verified(cli.url, cli.tmp_path / "audit.pem")
+
+
+async def test_renewals_from_a_file(backend_cli: AsyncCli) -> None:
+    cli = backend_cli
+    assert (await cli.run("datacentres", "import", cli.file("dc.csv", DATACENTRES)))[0] == 0
+    assert (await cli.run("licences", "import", cli.file("lic.csv", LICENCES + DANA + "\n")))[0] == 0
+    new_issued = default_expiry(EXPIRED_ISSUED)
+    renewals = cli.file("renewals.csv", "login,licence_no,issued,expires,reason\n"
+                                        f"dana,KZ-DM-0104,{new_issued},{default_expiry(new_issued)},\n"
+                                        f"alice,KZ-DM-0001,{ISSUED},{ISSUED},\n")
+    code, out = await cli.run("licences", "renew", "--csv", renewals)
+    assert code == 1 and out.startswith("row 3: expires: expires_not_after_issued") and "nothing renewed" in out
+    code, out = await cli.run("licences", "renew", "dana", "--csv", renewals)
+    assert code == 1 and "--csv FILE takes no LOGIN" in out
+    Path(renewals).write_text("login,licence_no,issued,expires,reason\n"
+                              f"dana,KZ-DM-0104,{new_issued},{default_expiry(new_issued)},\n")
+    assert await cli.run("licences", "renew", "--csv", renewals, "--dry-run") == \
+        (0, "renewals: 1 licence(s) would be renewed (dry run, nothing written)\n")
+    assert await cli.run("licences", "renew", "--csv", renewals) == (0, "renewals: 1 licence(s) renewed\n")
+    code, out = await cli.run("licences", "list", "--status", "active")
+    assert "\ndana\tKZ-DM-0104" in out
+    assert [p["subject"] for kind, p in await audit_records(cli.url)
+            if kind == "licence_change" and p["action"] == "renewed"] == ["KZ-DM-0104"]
