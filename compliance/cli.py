@@ -28,7 +28,7 @@ from pool.db import Database, SchemaError
 
 from .audit_keys import AuditKeyError
 from .command_audit import command_audit
-from .pii import PiiKeyError, load_key_file, load_pii_box
+from .pii import PiiDecryptError, PiiKeyError, load_key_file, load_pii_box
 from .csv_import import DEFAULT_RENEWAL_REASON
 from .registry import ImportReport, LicenceRegistry, LicenceView, RegistryError
 
@@ -79,6 +79,10 @@ def _run(args: argparse.Namespace, work: Work, *, audited: bool = False) -> int:
         return 2
     except (SchemaError, RegistryError) as exc:
         print(f"kzpool: {exc}", file=sys.stderr)
+        return 1
+    except PiiDecryptError as exc:
+        print(f"kzpool: {exc}; is the configured PII key the registry's current one? "
+              "(`kzpool licences pii-check`)", file=sys.stderr)
         return 1
 
 

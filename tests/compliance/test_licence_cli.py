@@ -267,3 +267,60 @@ async def test_renewals_from_a_file(backend_cli: AsyncCli) -> None:
     assert "\ndana\tKZ-DM-0104" in out
     assert [p["subject"] for kind, p in await audit_records(cli.url)
             if kind == "licence_change" and p["action"] == "renewed"] == ["KZ-DM-0104"]
+
+
+async def test_rotate_the_pii_key(backend_cli: AsyncCli, monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+    import os
+
+    from compliance.pii import PiiBox
+    from registry_fixtures import PII_KEY
+    caplog.set_level(logging.DEBUG)
+    cli = backend_cli
+    new_key = os.urandom(32)
+    key_file = Path(cli.file("new.key", base64.b64encode(new_key).decode() + "\n"))
+    key_file.chmod(0o600)
+    old_id, new_id = PiiBox(PII_KEY).key_id, PiiBox(new_key).key_id
+    assert (await cli.run("datacentres", "import", cli.file("dc.csv", DATACENTRES)))[0] == 0
+    assert (await cli.run("licences", "import", cli.file("lic.csv", LICENCES)))[0] == 0
+    assert await cli.run("licences", "pii-check") == (0, f"PII key id {old_id}: 2 data centre(s), 3 licence(s): "
+                                                         "every encrypted field decrypts and every lookup index "
+                                                         "matches\n")
+    code, out = await cli.run("licences", "rotate-pii-key", "--new-key-file", str(cli.tmp_path / "missing.key"))
+    assert code == 2 and "missing.key" in out
+
+    code, out = await cli.run("licences", "rotate-pii-key", "--new-key-file", str(key_file), "--operator", "aigerim")
+    assert code == 0, out
+    assert out.startswith(f"personal data re-encrypted: 2 data centre(s), 3 licence(s); PII key id {old_id} -> "
+                          f"{new_id}\nnext: point compliance.pii_key_file")
+    # Still configured with the old key: refused by name, nothing personal shown.
+    code, out = await cli.run("licences", "pii-check")
+    assert code == 1 and "8 field(s) do not open with this key" in out
+    code, out = await cli.run("licences", "show", "alice", "--show-personal")
+    assert code == 1 and "does not decrypt with this key" in out and "pii-check" in out
+    code, out = await cli.run("licences", "import", cli.file("dana.csv", licences_csv(DANA)))
+    assert code == 1 and "pii_key_mismatch" in out
+    code, out = await cli.run("licences", "rotate-pii-key", "--new-key-file", str(key_file))
+    assert code == 1 and out.startswith("kzpool: pii_undecryptable: 8 field(s)")
+
+    # The pool's key now names the new file: everything opens and is found.
+    monkeypatch.delenv("KZPOOL_PII_KEY")
+    with_new = ("--set", f'compliance.pii_key_file="{key_file}"')
+    assert (await cli.run("licences", "pii-check", *with_new))[0] == 0
+    code, out = await cli.run("licences", "show", "alice", "--show-personal", *with_new)
+    assert code == 0 and ALICE_IIN in out and "Alice Ivanova IE" in out
+    code, out = await cli.run("licences", "rotate-pii-key", "--new-key-file", str(key_file), *with_new)
+    assert code == 1 and "pii_key_unchanged" in out
+
+    records = await audit_records(cli.url)
+    rotations = [p for kind, p in records if kind == "pii_key_rotation"]
+    assert rotations == [{"action": "rotated", "subject": "pii_key", "old_key_id": old_id, "new_key_id": new_id,
+                          "datacentres": 2, "licences": 3,
+                          "fields": ["datacentres.owner_iin_bin", "licences.iin_bin", "licences.name"],
+                          "operator": "aigerim"}]
+    assert await verified(cli.url, cli.tmp_path / "audit.pem")
+    seen = json.dumps(records) + "\n".join(cli.outputs) + "\n".join(r.getMessage() for r in caplog.records)
+    for key in (PII_KEY, new_key):
+        assert key.hex() not in seen and base64.b64encode(key).decode() not in seen
+    assert not [v for v in EVERY_PERSONAL_VALUE if v in json.dumps(records)]
