@@ -2,13 +2,24 @@
 enforcer acting at the hour across midnight and a month boundary, with a fake clock."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from compliance.audit_chain import canonical_json, normalise_payload
+from compliance.audit_keys import load_signing_key
+from compliance.audit_models import AuditRecord
+from compliance.audit_verify import verify_database
 from compliance.curtailment import CurtailmentEnforcer
+from compliance.energy_cli import main as energy_main
+from compliance.power_models import DayAheadHour
 from compliance.power_plan import ALL_HOURS, ElectricityPlan, HourSet, PowerProfile, plan_from_settings
-from compliance.schedule import ScheduleBook, import_day_ahead, kz_hour, load_day_ahead
+from compliance.schedule import SCHEDULE_IMPORT, ScheduleBook, import_day_ahead, kz_hour, load_day_ahead
 from pool.db import Database
 from registry_fixtures import ALICE_IIN, BOLAT_BIN, SettableClock, licence_line, licences_csv
 
@@ -83,6 +94,87 @@ async def test_day_ahead_import_is_all_or_nothing_and_unlisted_hours_are_not_all
     async with power_db.engine.connect() as conn:
         days = await load_day_ahead(conn, date(2026, 12, 1), date(2026, 12, 1))
     assert days[date(2026, 12, 1)][("datacentre", "dc-kz")].describe() == "none"
+
+
+async def test_an_applied_import_is_one_audit_record(power_db: Database) -> None:
+    records: list[tuple[str, dict]] = []
+
+    def audit(kind: str, payload: dict) -> None:
+        records.append((kind, payload))
+    assert not (await import_day_ahead(power_db, DAY_AHEAD + "2026-12-01,,bolat,24,1\n", audit=audit)).applied
+    assert not (await import_day_ahead(power_db, DAY_AHEAD, dry_run=True, audit=audit)).applied
+    assert records == []                           # only applied imports are recorded
+
+    two_days = DAY_AHEAD + "2026-12-02,dc-kz,,23,750.5\n"
+    report = await import_day_ahead(power_db, two_days, audit=audit, operator="aigerim", source="kegoc-1201.csv")
+    assert report.applied and len(records) == 1
+    kind, payload = records[0]
+    async with power_db.engine.connect() as conn:
+        seqs = set((await conn.execute(select(DayAheadHour.import_seq))).scalars())
+    assert kind == SCHEDULE_IMPORT == "day_ahead_schedule" and seqs == {report.import_seq}
+    assert payload == {
+        "action": "imported", "subject": f"import:{report.import_seq}", "import_seq": report.import_seq,
+        "rows": 4, "dates": ["2026-12-01", "2026-12-02"],
+        "scopes": ["datacentre:dc-kz", "login:alice"],
+        "allotments": [{"date": "2026-12-01", "scope": "datacentre:dc-kz", "allotted_hours": 2, "kwh": "3000.000"},
+                       {"date": "2026-12-01", "scope": "login:alice", "allotted_hours": 1, "kwh": "20.000"},
+                       {"date": "2026-12-02", "scope": "datacentre:dc-kz", "allotted_hours": 1, "kwh": "750.500"}],
+        "sha256": hashlib.sha256(two_days.encode()).hexdigest(), "bytes": len(two_days.encode()),
+        "file": "kegoc-1201.csv", "operator": "aigerim"}
+    # Recordable as is: the audit log's canonical JSON takes it (no floats).
+    assert canonical_json(normalise_payload(payload))
+
+
+def test_the_import_command_writes_a_signed_record(tmp_path: Path) -> None:
+    """`kzpool energy import-schedule`: the record carries the SHA-256 of the file's bytes (a BOM
+    included), the operator, and is covered by the pool's signature; a dry run records nothing."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.sqlite3"
+    asyncio.run(_upgrade(url))
+    common = ["--set", f'database.url="{url}"', "--set", f'audit.key_file="{tmp_path}/audit.pem"']
+    raw = ("\ufeff" + DAY_AHEAD).encode("utf-8")
+    schedule = tmp_path / "day-ahead-2026-12-01.csv"
+    schedule.write_bytes(raw)
+    assert energy_main(["energy", "import-schedule", str(schedule), "--dry-run", *common]) == 0
+    assert asyncio.run(_records(url)) == []
+    assert energy_main(["energy", "import-schedule", str(schedule), "--operator", "aigerim", *common]) == 0
+    records = asyncio.run(_records(url))
+    imports = [p for kind, p in records if kind == "day_ahead_schedule"]
+    assert len(imports) == 1 and records[-1][0] == "checkpoint"          # signed before the command returned
+    assert imports[0]["sha256"] == hashlib.sha256(raw).hexdigest() and imports[0]["bytes"] == len(raw)
+    assert (imports[0]["operator"], imports[0]["file"], imports[0]["rows"]) == ("aigerim", schedule.name, 3)
+
+    async def verify() -> bool:
+        db = Database(url)
+        try:
+            return (await verify_database(db, [load_signing_key(tmp_path / "audit.pem").public],
+                                          require_signed=True)).ok
+        finally:
+            await db.close()
+    assert asyncio.run(verify())
+    # Production without its audit key: refused before anything is imported.
+    assert energy_main(["energy", "import-schedule", str(schedule), "--set", f'database.url="{url}"',
+                        "--set", f'audit.key_file="{tmp_path}/none.pem"', "--set", "mode=production",
+                        "--set", "auth.authorizer=allowlist", "--set", 'auth.logins=["x"]',
+                        "--set", 'auth.allowed_networks=["10.0.0.0/8"]', "--set", 'accreditation.number="A-1"',
+                        "--set", 'accreditation.issued="2026-01-01"', "--set", 'accreditation.expires="2029-01-01"',
+                        "--set", 'accreditation.authority="MDDIAI"']) == 2
+    assert len([k for k, _ in asyncio.run(_records(url)) if k == "day_ahead_schedule"]) == 1
+
+
+async def _upgrade(url: str) -> None:
+    db = Database(url)
+    await db.upgrade()
+    await db.close()
+
+
+async def _records(url: str) -> list[tuple[str, dict]]:
+    db = Database(url)
+    try:
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(select(AuditRecord.kind, AuditRecord.payload).order_by(AuditRecord.seq))).all()
+    finally:
+        await db.close()
+    return [(kind, json.loads(payload)) for kind, payload in rows]
 
 
 def test_day_ahead_beats_standing_hours_for_its_date_only() -> None:
