@@ -1,5 +1,5 @@
 """The licence registry's tables, on pool.models.Base so one metadata and one migration chain hold
-the whole schema (revision 0002_registry creates them).
+the whole schema (revision 0002_registry creates them; 0007 gives each licence event its licence).
 
 Personal data (IIN/BIN, legal names) is stored only as AES-GCM blobs (`*_enc`) next to a keyed
 hash (`*_index`) for lookups; see compliance/pii.py. Everything else is plain: data-centre names and
