@@ -269,6 +269,10 @@ class PoolCollector(Collector):
         yield counter("kzpool_blocks_submitted", "Blocks submitted to the node(s)", book.submitted)
         yield counter("kzpool_blocks_accepted", "Submitted blocks at least one node accepted", book.accepted)
         yield counter("kzpool_blocks_rejected", "Submitted blocks no node accepted", book.rejected)
+        tracker = getattr(app, "block_tracker", None)
+        if tracker is not None:
+            yield counter("kzpool_blocks_reorged_after_maturity", "Matured blocks later found off the best "
+                          "chain (their credits taken back; a shortfall goes to pool:deficit)", tracker.deep_reorgs)
         if book.found:
             last = book.found[-1]
             yield gauge("kzpool_last_block_timestamp_seconds", "Unix time of the last block found", last.at)

@@ -108,6 +108,7 @@ async def test_latencies_are_drained_once_and_closes_counted(ops: OpsPool):
     assert value(after, "kzpool_connections", state="authorized") == 0
     assert value(after, "kzpool_shares_in_flight") == 0          # every share answered
     assert value(after, "kzpool_read_pauses_total") == 0         # no overload back-pressure here
+    assert value(after, "kzpool_blocks_reorged_after_maturity_total") == 0
 
 
 async def test_node_down_shows_in_node_metrics(ops: OpsPool):
