@@ -22,6 +22,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import select
 
+from ci_required import unavailable
+
 from pool.db import Database
 from pool.models import Share, Worker
 from pool.sharelog import ShareRecord
@@ -53,10 +55,7 @@ async def require_postgres() -> None:
     reason = await postgres_unreachable()
     if reason is None:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} unreachable in CI ({reason}); CI must run "
-                    "the PostgreSQL tests", pytrace=False)
-    pytest.skip(f"no PostgreSQL at {PG_ADMIN_DSN} ({reason}); these tests run in CI")
+    unavailable(f"no PostgreSQL at {PG_ADMIN_DSN} ({reason})", "the PostgreSQL tests")
 
 
 def sqlalchemy_url(dsn: str, database: str) -> str:

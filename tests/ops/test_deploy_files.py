@@ -8,14 +8,14 @@ both). Without them: a failure in CI (CI=true), a skip elsewhere.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from ci_required import unavailable
 
 from deploy_queries import (ALERTS, DASHBOARDS, DEPLOY, PROMETHEUS_CONFIG, PROMETHEUS_OWN, alert_rules,
                             metric_names, panel_queries, variable_queries)
@@ -34,10 +34,7 @@ def tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    reason = f"`{name}` is not installed (apt-get install {package})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run the deploy checks", pytrace=False)
-    pytest.skip(reason)
+    unavailable(f"`{name}` is not installed (apt-get install {package})", "the deploy checks")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +69,8 @@ def verify_unit(unit_text: str, root: Path) -> subprocess.CompletedProcess[str]:
     analyze = tool("systemd-analyze", "systemd")
     system_units = Path("/usr/lib/systemd/system")
     if not system_units.is_dir():
-        pytest.skip("no systemd unit library under /usr/lib/systemd/system")
+        unavailable("no systemd unit library under /usr/lib/systemd/system (apt-get install systemd)",
+                    "the deploy checks")
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/kzpool.service").write_text(unit_text)

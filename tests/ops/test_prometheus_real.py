@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import urllib.parse
@@ -19,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from ci_required import unavailable
 
 from deploy_queries import (ALERTS, PROMETHEUS_CONFIG, alert_rules, for_grafana_vars, panel_queries, signal_of,
                             variable_queries)
@@ -31,10 +32,7 @@ def prometheus_binary() -> str:
     path = shutil.which("prometheus")
     if path:
         return path
-    reason = "the `prometheus` binary is not installed (apt-get install prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run the Prometheus tests", pytrace=False)
-    pytest.skip(reason)
+    unavailable("the `prometheus` binary is not installed (apt-get install prometheus)", "the Prometheus tests")
 
 
 def free_port() -> int:

@@ -11,14 +11,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from ci_required import unavailable
 
 from wallet_standin import _read_request
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make the test certificate")
+        unavailable("the openssl command is needed to make the test certificate (apt-get install openssl)",
+                    "the report submitter's HTTPS tests")
     cert, key = directory / "endpoint.pem", directory / "endpoint.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],

@@ -72,5 +72,6 @@ def test_build_header_wraps_fields_to_uint32() -> None:
 
 def test_copied_vectors_match_the_shared_file() -> None:
     if not SHARED_VECTORS.is_file():
-        pytest.skip("../shared is not beside this checkout")
+        pytest.skip("../shared (the team's reference folder) is not beside this checkout; the other tests "
+                    "use the copy in tests/vectors, which this one keeps in step when it can")
     assert json.loads(COPIED_VECTORS.read_text()) == json.loads(SHARED_VECTORS.read_text())

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from ci_required import unavailable
+
 from db_fixtures import TIMEOUT_FACTOR
 
 HERE = Path(__file__).resolve().parent
@@ -63,10 +65,7 @@ def require_bcoin() -> None:
     reason = bcoin_missing()
     if reason is None:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"bcoin unavailable in CI ({reason}); .ci/run installs it and CI must run the regtest "
-                    "tests", pytrace=False)
-    pytest.skip(f"{reason}; these tests run in CI")
+    unavailable(f"{reason} (.ci/run installs it)", "the regtest tests against bcoin")
 
 
 def free_port() -> int:
