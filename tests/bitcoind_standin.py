@@ -25,6 +25,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
+from core_rpc_params import TYPE_NAMES, RpcFault, Specs, check_params
 from standin_chain import BlockDecodeError, Chain, dsha256, real_mainnet_txs
 
 # One factor scales every bounded wait in the node tests, for slow CI machines.
@@ -35,10 +36,8 @@ def wait_s(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
-_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number",
-               type(None): "null"}
 # name -> [(argument, type, required)], as in Core's RPC help.
-_SPECS: dict[str, list[tuple[str, type, bool]]] = {
+_SPECS: Specs = {
     "getblocktemplate": [("template_request", dict, False)],
     "getbestblockhash": [],
     "getblockheader": [("blockhash", str, True), ("verbose", bool, False)],
@@ -48,12 +47,6 @@ _SPECS: dict[str, list[tuple[str, type, bool]]] = {
 }
 _STATUS_TEXT = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
                 405: "Method Not Allowed", 500: "Internal Server Error"}
-
-
-class RpcFault(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class BitcoindStandin:
@@ -211,7 +204,7 @@ class BitcoindStandin:
                 raise RpcFault(-32600, "Params must be an array or object")
             if method not in _SPECS:
                 raise RpcFault(-32601, "Method not found")
-            args = _check_params(method, params)
+            args = check_params(_SPECS, method, params)
             self.calls.append((method, args))
             result = await getattr(self, f"_rpc_{method}")(*args)
         except RpcFault as fault:
@@ -230,7 +223,7 @@ class BitcoindStandin:
         longpollid = req.get("longpollid")
         if longpollid is not None and not isinstance(longpollid, str):
             raise RpcFault(-3, "JSON value of type %s is not of expected type string"
-                           % _TYPE_NAMES.get(type(longpollid), "object"))   # stricter than Core
+                           % TYPE_NAMES.get(type(longpollid), "object"))   # stricter than Core
         while longpollid is not None and (longpollid == self.chain.longpollid or self.hold_longpolls):
             await self._changed.wait()
         return self.chain.template()
@@ -270,28 +263,6 @@ class BitcoindStandin:
         if self.chain.tip.hash != tip_before:
             self._wake(tip_changed=True)
         return result
-
-
-def _check_params(method: str, params: list | dict) -> list:
-    spec = _SPECS[method]
-    if isinstance(params, dict):
-        names = [name for name, _, _ in spec]
-        unknown = [k for k in params if k not in names]
-        if unknown:
-            raise RpcFault(-8, f"Unknown named parameter {unknown[0]}")
-        params = [params.get(name) for name in names]
-        while params and params[-1] is None:
-            params.pop()
-    required = sum(1 for _, _, req in spec if req)
-    if not required <= len(params) <= len(spec):
-        raise RpcFault(-1, f"{method} takes {required}..{len(spec)} arguments (see help {method})")
-    for position, (value, (name, kind, _)) in enumerate(zip(params, spec), start=1):
-        if value is not None and (type(value) is not kind):
-            raise RpcFault(-3, "Wrong type passed:\n{\n    \"Position %d (%s)\": \"JSON value of type %s is "
-                               "not of expected type %s\"\n}" % (position, name,
-                                                                 _TYPE_NAMES.get(type(value), "object"),
-                                                                 _TYPE_NAMES[kind]))
-    return list(params)
 
 
 def _status_for(code: int) -> int:

@@ -41,6 +41,7 @@ from decimal import Decimal, InvalidOperation
 from hashlib import sha256
 from typing import Any
 
+from core_rpc_params import TYPE_NAMES, RpcFault, Specs, check_params
 from pool.address import AddressError, address_to_script
 from pool.txparse import Transaction, TxIn, TxOut
 
@@ -49,11 +50,9 @@ DUST_SATS = 546
 FEE_RATE_SAT_VB = 2
 _STATUS_TEXT = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
                 500: "Internal Server Error"}
-_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number",
-               type(None): "null"}
 _NUMBER = (int, float)
 # name -> [(argument, accepted types, required)], as Core's RPC help lists them.
-_SPECS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {
+_SPECS: Specs = {
     "sendmany": [("dummy", (str,), True), ("amounts", (dict,), True), ("minconf", (int,), False),
                  ("comment", (str,), False), ("subtractfeefrom", (list,), False), ("replaceable", (bool,), False),
                  ("conf_target", (int,), False), ("estimate_mode", (str,), False),
@@ -69,12 +68,6 @@ _SPECS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {
     "lockunspent": [("unlock", (bool,), True), ("transactions", (list,), False), ("persistent", (bool,), False)],
     "gettxout": [("txid", (str,), True), ("n", (int,), True), ("include_mempool", (bool,), False)],
 }
-
-
-class RpcFault(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class _DuplicateKey(Exception):
@@ -248,7 +241,7 @@ class WalletStandin:
                 raise RpcFault(-18, "Requested wallet does not exist or is not loaded")
             if method not in _SPECS:
                 raise RpcFault(-32601, "Method not found")
-            args = _check_params(method, params)
+            args = check_params(_SPECS, method, params)
             self.calls.append((method, args))
             if method in self.refuse_next:
                 raise RpcFault(*self.refuse_next.pop(method))
@@ -391,12 +384,12 @@ class WalletStandin:
         coins = []
         for item in transactions:                     # every outpoint checked before anything changes
             if not isinstance(item, dict):
-                raise RpcFault(-3, f"Expected type object, got {_TYPE_NAMES.get(type(item), 'object')}")
+                raise RpcFault(-3, f"Expected type object, got {TYPE_NAMES.get(type(item), 'object')}")
             for key, kind in (("txid", "string"), ("vout", "number")):
                 value = item.get(key)
                 if not (isinstance(value, str) if kind == "string" else
                         isinstance(value, int) and not isinstance(value, bool)):
-                    got = _TYPE_NAMES.get(type(value), "object")
+                    got = TYPE_NAMES.get(type(value), "object")
                     raise RpcFault(-3, f"Expected type {kind} for {key}, got {got}")
             txid = _parse_hash(item["txid"], "txid")
             if item["vout"] < 0:
@@ -453,27 +446,6 @@ def _psbt_raw(psbt_b64: str) -> bytes:
 
 def _compact(n: int) -> bytes:
     return bytes([n]) if n < 0xFD else b"\xfd" + n.to_bytes(2, "little")
-
-
-def _check_params(method: str, params: list | dict) -> list:
-    spec = _SPECS[method]
-    if isinstance(params, dict):
-        names = [name for name, _, _ in spec]
-        unknown = [k for k in params if k not in names]
-        if unknown:
-            raise RpcFault(-8, f"Unknown named parameter {unknown[0]}")
-        params = [params.get(name) for name in names]
-        while params and params[-1] is None:
-            params.pop()
-    required = sum(1 for _, _, req in spec if req)
-    if not required <= len(params) <= len(spec):
-        raise RpcFault(-1, f"{method} takes {required}..{len(spec)} arguments (see help {method})")
-    for position, (value, (name, kinds, _)) in enumerate(zip(params, spec), start=1):
-        if value is not None and (isinstance(value, bool) and bool not in kinds or type(value) not in kinds):
-            expected = "/".join(sorted({_TYPE_NAMES[k] for k in kinds}))
-            raise RpcFault(-3, f'Wrong type passed:\n{{\n    "Position {position} ({name})": "JSON value of type '
-                               f'{_TYPE_NAMES.get(type(value), "object")} is not of expected type {expected}"\n}}')
-    return list(params)
 
 
 def _envelope(call_id: Any, result: Any, fault: RpcFault | None) -> bytes:
